@@ -1,0 +1,137 @@
+/*
+ * tlsctx.c - server and client SSL_CTX construction; OpenSSL verify results
+ * to TLS-RPT result types.  See tlsctx.h.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+
+#include "certs/tlsctx.h"
+
+/* TLS 1.2 suites: ECDHE/DHE key exchange with AEAD only (forward secrecy). */
+#define TLSCTX_CIPHERS \
+	"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:" \
+	"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:" \
+	"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:" \
+	"DHE-RSA-AES256-GCM-SHA384:DHE-RSA-AES128-GCM-SHA256"
+
+void
+tlsctx_errors(char *buf, size_t len)
+{
+	unsigned long e;
+	size_t used = 0;
+
+	buf[0] = '\0';
+	while ((e = ERR_get_error()) != 0) {
+		if (used + 2 >= len)
+			continue;
+		if (used > 0) {
+			buf[used++] = ';';
+			buf[used] = '\0';
+		}
+		ERR_error_string_n(e, buf + used, len - used);
+		used = strlen(buf);
+	}
+}
+
+static SSL_CTX *
+tlsctx_fail(SSL_CTX *ctx, const char *what, const char *file, char *err, size_t errlen)
+{
+	char ossl[512];
+
+	tlsctx_errors(ossl, sizeof(ossl));
+	snprintf(err, errlen, "%s%s%s: %s", what, file ? " " : "", file ? file : "",
+	    ossl[0] ? ossl : "failed");
+	SSL_CTX_free(ctx);
+	return NULL;
+}
+
+static void
+tlsctx_common(SSL_CTX *ctx, int min_version)
+{
+	SSL_CTX_set_min_proto_version(ctx, min_version);
+	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION |
+	    SSL_OP_CIPHER_SERVER_PREFERENCE);
+	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+}
+
+SSL_CTX *
+tlsctx_server_new(const char *cert, const char *key, int min_version, char *err,
+    size_t errlen)
+{
+	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+
+	if (ctx == NULL)
+		return tlsctx_fail(ctx, "SSL_CTX_new", NULL, err, errlen);
+	tlsctx_common(ctx, min_version);
+	if (SSL_CTX_set_cipher_list(ctx, TLSCTX_CIPHERS) != 1)
+		return tlsctx_fail(ctx, "cipher list", NULL, err, errlen);
+	if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1)
+		return tlsctx_fail(ctx, "cannot load certificate", cert, err, errlen);
+	if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1)
+		return tlsctx_fail(ctx, "cannot load private key", key, err, errlen);
+	if (SSL_CTX_check_private_key(ctx) != 1)
+		return tlsctx_fail(ctx, "private key does not match certificate", cert, err, errlen);
+	SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"tlsrelay", 8);
+	return ctx;
+}
+
+SSL_CTX *
+tlsctx_client_new(const char *ca_file, char *err, size_t errlen)
+{
+	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+
+	if (ctx == NULL)
+		return tlsctx_fail(ctx, "SSL_CTX_new", NULL, err, errlen);
+	tlsctx_common(ctx, TLS1_2_VERSION);
+	if (ca_file != NULL && SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1)
+		return tlsctx_fail(ctx, "cannot load CA file", ca_file, err, errlen);
+	if (ca_file == NULL && SSL_CTX_set_default_verify_paths(ctx) != 1)
+		return tlsctx_fail(ctx, "cannot load default CA paths", NULL, err, errlen);
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+	if (SSL_CTX_dane_enable(ctx) <= 0)
+		return tlsctx_fail(ctx, "SSL_CTX_dane_enable", NULL, err, errlen);
+	return ctx;
+}
+
+/* RFC 8460 §4.3.2: certificate failures, from X509_V_ERR_* (x509_vfy.h). */
+const char *
+tlsctx_result_type(long v)
+{
+	switch (v) {
+	case X509_V_ERR_HOSTNAME_MISMATCH:
+	case X509_V_ERR_IP_ADDRESS_MISMATCH:
+		return "certificate-host-mismatch";
+	case X509_V_ERR_CERT_HAS_EXPIRED:
+	case X509_V_ERR_CERT_NOT_YET_VALID:
+		return "certificate-expired";
+	case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+	case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+	case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+	case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+	case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
+	case X509_V_ERR_CERT_UNTRUSTED:
+	case X509_V_ERR_INVALID_CA:
+		return "certificate-not-trusted";
+	default:
+		return "validation-failure";
+	}
+}
+
+void
+tlsctx_peer_sha256(SSL *ssl, char *hex, size_t len)
+{
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int mdlen = 0, i;
+	X509 *peer = SSL_get1_peer_certificate(ssl);
+
+	hex[0] = '\0';
+	if (peer == NULL)
+		return;
+	if (X509_digest(peer, EVP_sha256(), md, &mdlen) == 1 && len > mdlen * 2)
+		for (i = 0; i < mdlen; i++)
+			snprintf(hex + i * 2, 3, "%02x", md[i]);
+	X509_free(peer);
+}

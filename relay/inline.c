@@ -1,0 +1,660 @@
+/*
+ * inline.c - the in-line relay: each client transaction is replayed on a
+ * client connection to the next hop, and the client gets the next hop's own
+ * answers (DESIGN.md guarantee "Nothing lost": 250 to DATA only after the
+ * next hop's 250).
+ *
+ * The connection is opened at the first RCPT and reused for the session's
+ * later transactions.  MAIL is answered locally and sent to the next hop
+ * before the first RCPT.  The message streams through with back-pressure
+ * (never whole in memory); when it must be refused midway, the next-hop
+ * connection is closed before the final dot, so no partial message can be
+ * delivered.
+ */
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+
+#include "policy/whitelist.h"
+#include "relay/evlog.h"
+#include "relay/listener.h"
+#include "relay/session.h"
+
+#define INLINE_BODY_HIWAT (256 * 1024)   /* queued toward the next hop */
+
+static void inline_up_cb(void *arg, enum upstream_event ev, const struct smtp_reply *r);
+
+static long long
+inline_ms_since(const struct timeval *t)
+{
+	struct timeval now;
+
+	gettimeofday(&now, NULL);
+	return (now.tv_sec - t->tv_sec) * 1000LL + (now.tv_usec - t->tv_usec) / 1000;
+}
+
+/*
+ * The DESIGN.md delivery event, one per attempt on a connection: t is the
+ * target tried, up its connection (NULL when none was made).
+ */
+static void
+inline_delivery_event(struct session *s, const struct upstream_target *t,
+    struct upstream *up, const char *outcome, const char *result_type, int code,
+    const char *reply)
+{
+	const char *v = up ? upstream_tls_version(up) : NULL;
+	struct evline *e = evlog_begin("delivery", s->id);
+
+	evlog_str(e, "policy_type", "no-policy-found");
+	evlog_str(e, "policy_domain", s->txn && s->txn->domain[0] ? s->txn->domain : s->up_domain);
+	evlog_strarr(e, "policy_string", NULL, 0);
+	evlog_str(e, "policy_level", t ? tls_level_name(t->level) : "");
+	evlog_str(e, "policy_source", s->level_source ? s->level_source : "");
+	evlog_str(e, "mx_host", t ? t->host : "");
+	evlog_str(e, "result", result_type ? "failure" : "success");
+	if (result_type)
+		evlog_str(e, "result_type", result_type);
+	evlog_str(e, "sending_mta_ip", up ? upstream_local_ip(up) : "");
+	evlog_str(e, "receiving_mx_hostname", t ? t->host : "");
+	evlog_str(e, "receiving_mx_helo", up ? upstream_helo(up) : "");
+	evlog_str(e, "receiving_ip", t ? t->ip : "");
+	evlog_str(e, "tls_version", v ? v : "");
+	evlog_str(e, "tls_cipher", v ? upstream_tls_cipher(up) : "");
+	evlog_str(e, "peer_cert_sha256", up ? upstream_peer_sha256(up) : "");
+	evlog_bool(e, "connection_reused", up && upstream_uses(up) > 1);
+	evlog_str(e, "outcome", outcome);
+	evlog_int(e, "code", code);
+	evlog_str(e, "smtp_reply", reply);
+	evlog_int(e, "duration_ms", inline_ms_since(&s->up_start));
+	evlog_end(e);
+}
+
+static struct upstream_target *
+inline_targets_alloc(struct session *s, size_t n)
+{
+	free(s->targets);
+	s->targets = calloc(n, sizeof(*s->targets));
+	s->ntargets = 0;
+	s->target = 0;
+	return s->targets;
+}
+
+/* Gateway route: the configured next hop (an address literal). */
+static int
+inline_route_nexthop(struct session *s)
+{
+	struct upstream_target *t = inline_targets_alloc(s, 1);
+	char spec[300];
+	const struct listener_config *lc = s->lc;
+
+	if (t == NULL)
+		return -1;
+	snprintf(t->host, sizeof(t->host), "%s", lc->next_hop_host);
+	snprintf(spec, sizeof(spec), strchr(lc->next_hop_host, ':') ? "[%s]:%d" : "%s:%d",
+	    lc->next_hop_host, lc->next_hop_port);
+	if (addr_parse(spec, &t->addr, &t->addrlen) < 0)
+		return -1;
+	snprintf(t->ip, sizeof(t->ip), "%s", lc->next_hop_host);
+	t->level = lc->next_hop_tls;
+	snprintf(t->verify_names[0], sizeof(t->verify_names[0]), "%s",
+	    lc->next_hop_tls_name ? lc->next_hop_tls_name : lc->next_hop_host);
+	t->nverify = 1;
+	s->ntargets = 1;
+	s->level_source = "next_hop_tls";
+	return 0;
+}
+
+static int
+inline_connect_target(struct session *s)
+{
+	struct upstream_params p = {
+		.base = s->base,
+		.ssl_ctx = s->listener->client_ctx,
+		.helo_name = s->cfg->helo_name,
+		.session = s->id,
+		.connect_timeout = s->cfg->connect_timeout,
+		.command_timeout = s->cfg->out_command_timeout,
+		.data_timeout = s->cfg->out_data_timeout,
+		.final_timeout = s->cfg->out_final_timeout,
+	};
+
+	gettimeofday(&s->up_start, NULL);
+	s->up_was_ready = 0;
+	s->up_in_txn = 0;
+	s->up = upstream_connect(&p, &s->targets[s->target], inline_up_cb, s);
+	return s->up ? 0 : -1;
+}
+
+/* Finish the pending operation with a reply of our own and go on. */
+static void
+inline_answer(struct session *s, int code, const char *enh, const char *text)
+{
+	enum session_op op = s->op;
+
+	s->op = OP_NONE;
+	session_reply(s, code, enh, "%s", text);
+	if (op == OP_DOT || op == OP_RSET) {
+		txn_free(&s->txn);
+		session_enter(s, S_HELO);
+	} else
+		session_enter(s, s->txn && s->txn->naccepted ? S_RCPT : S_MAIL);
+	session_resume(s);
+}
+
+/* MAIL as forwarded: only the parameters the next hop announced. */
+static int
+inline_send_mail(struct session *s)
+{
+	struct txn *t = s->txn;
+	unsigned caps = upstream_caps(s->up);
+	int n;
+
+	if (t->params.smtputf8 && !(caps & EHLO_SMTPUTF8)) {
+		inline_answer(s, 553, "5.6.7", "Error: next hop does not support SMTPUTF8");
+		return -1;
+	}
+	n = snprintf(t->mail_line, sizeof(t->mail_line), "MAIL FROM:<%s>", t->from.addr);
+	if (t->params.size >= 0 && (caps & EHLO_SIZE))
+		n += snprintf(t->mail_line + n, sizeof(t->mail_line) - (size_t)n, " SIZE=%lld",
+		    t->params.size);
+	if (t->params.body == 8 && (caps & EHLO_8BITMIME))
+		n += snprintf(t->mail_line + n, sizeof(t->mail_line) - (size_t)n, " BODY=8BITMIME");
+	if (t->params.smtputf8)
+		snprintf(t->mail_line + n, sizeof(t->mail_line) - (size_t)n, " SMTPUTF8");
+	return upstream_command(s->up, t->mail_line);
+}
+
+static int
+inline_send_rcpt(struct session *s)
+{
+	snprintf(s->txn->rcpt_line, sizeof(s->txn->rcpt_line), "RCPT TO:<%s>",
+	    s->txn->rcpt.addr);
+	return upstream_command(s->up, s->txn->rcpt_line);
+}
+
+/* The next hop is ready for the RCPT in flight: MAIL first if needed. */
+static void
+inline_proceed_rcpt(struct session *s)
+{
+	int rc = s->up_in_txn ? inline_send_rcpt(s) : inline_send_mail(s);
+
+	if (rc < 0 && s->op == OP_RCPT)
+		inline_answer(s, 451, "4.4.2", "Error: next hop not ready");
+}
+
+static void
+inline_rcpt_event(struct session *s, const struct smtp_reply *r)
+{
+	struct evline *e = evlog_begin("rcpt", s->id);
+
+	evlog_str(e, "client_ip", s->peer_ip);
+	evlog_str(e, "from", s->txn->from.addr);
+	evlog_str(e, "rcpt", s->txn->rcpt.addr);
+	evlog_int(e, "code", r->code);
+	evlog_strn(e, "reply", r->text, r->text_len);
+	evlog_end(e);
+}
+
+/* The [domain:NAME] level for domain, or TLS_LEVEL_INVALID. */
+static enum tls_level
+inline_domain_level(const struct relay_config *cfg, const char *domain)
+{
+	const struct domain_config *d;
+
+	for (d = cfg->domains; d != NULL; d = d->next)
+		if (strcasecmp(d->name, domain) == 0)
+			return d->level;
+	return TLS_LEVEL_INVALID;
+}
+
+/* Reference identifiers for the certificate (Postfix TLS_README). */
+static void
+inline_verify_names(struct upstream_target *t, const char *domain, const char *mxhost,
+    int mx_secure)
+{
+	t->nverify = 0;
+	if (t->level == TLS_SECURE) {
+		/* The recipient domain or a subdomain; the MX name only if DNSSEC-secure. */
+		snprintf(t->verify_names[t->nverify++], sizeof(t->verify_names[0]), "%s", domain);
+		snprintf(t->verify_names[t->nverify++], sizeof(t->verify_names[0]), ".%s", domain);
+		if (!mx_secure)
+			return;
+	}
+	snprintf(t->verify_names[t->nverify++], sizeof(t->verify_names[0]), "%s", mxhost);
+}
+
+/* One target per address of every usable MX host, in route order. */
+static size_t
+inline_route_targets(struct session *s, const struct mx_route *r, enum tls_level level)
+{
+	const struct mx_host *h;
+	struct upstream_target *t;
+	size_t i, j, n = 0, max = 16;
+	struct sockaddr_in *sin;
+
+	if (inline_targets_alloc(s, max) == NULL)
+		return 0;
+	for (i = 0; i < r->nhosts; i++) {
+		h = &r->hosts[i];
+		for (j = 0; j < h->naddr && !h->bogus && n < max; j++) {
+			t = &s->targets[n++];
+			snprintf(t->host, sizeof(t->host), "%s", h->name);
+			memcpy(&t->addr, &h->addrs[j].ss, h->addrs[j].sslen);
+			t->addrlen = h->addrs[j].sslen;
+			sin = (struct sockaddr_in *)&t->addr;   /* same offset in sockaddr_in6 */
+			sin->sin_port = htons((uint16_t)s->cfg->port);
+			snprintf(t->ip, sizeof(t->ip), "%s", h->addrs[j].text);
+			t->level = level;
+			inline_verify_names(t, s->txn->domain, h->name, r->mx_secure);
+		}
+	}
+	s->ntargets = n;
+	return n;
+}
+
+/* MX routing answered (smarthost): connect, or answer the RCPT. */
+static void
+inline_mx_cb(void *arg, const struct mx_route *r)
+{
+	struct session *s = arg;
+	const char *domain = s->txn->domain;
+	enum tls_level level;
+
+	s->mx = NULL;
+	switch (r->status) {
+	case MX_OK:
+		level = tls_level_static(s->cfg->default_level, inline_domain_level(s->cfg, domain),
+		    whitelist_match(s->listener->whitelist, domain), &s->level_source);
+		/* DANE levels need the DANE module: until then they mean "may" at least. */
+		if (level == TLS_DANE)
+			level = TLS_MAY;
+		if (inline_route_targets(s, r, level) == 0 || inline_connect_target(s) < 0)
+			inline_answer(s, 451, "4.3.0", "Error: cannot connect to the destination");
+		return;
+	case MX_NULL:
+		inline_answer(s, 556, "5.1.10", r->detail);
+		return;
+	case MX_NXDOMAIN:
+		inline_answer(s, 550, "5.1.2", r->detail);
+		return;
+	case MX_BOGUS:
+		inline_delivery_event(s, NULL, NULL, "deferred", "dnssec-invalid", 451, r->detail);
+		inline_answer(s, 451, "4.7.5", "Error: dnssec-invalid: DNSSEC validation failed "
+		    "for the destination's MX records");
+		return;
+	case MX_TEMPFAIL:
+		inline_answer(s, 451, "4.4.3", r->detail);
+		return;
+	case MX_NOADDR:
+		inline_answer(s, 451, "4.4.4", r->detail);
+		return;
+	}
+}
+
+/* Start the connection for the RCPT in flight: static next hop or MX. */
+static void
+inline_route_start(struct session *s)
+{
+	if (s->lc->mode == MODE_GATEWAY) {
+		if (inline_route_nexthop(s) < 0 || inline_connect_target(s) < 0)
+			inline_answer(s, 451, "4.3.0", "Error: cannot connect to next hop");
+		return;
+	}
+	if (s->listener->resolver != NULL)
+		s->mx = mx_lookup(s->listener->resolver, s->txn->domain, inline_mx_cb, s);
+	if (s->mx == NULL)
+		inline_answer(s, 451, "4.3.0", "Error: cannot resolve the destination");
+}
+
+/*
+ * RCPT: one destination per transaction until a spool exists (RFC 5321
+ * §3.3): a recipient for another domain gets 452 4.5.3 and the client's
+ * queue sends it separately.
+ */
+int
+inline_rcpt(struct session *s)
+{
+	struct txn *t = s->txn;
+	int smarthost = s->lc->mode == MODE_SMARTHOST;
+	const char *dest = smarthost ? t->rcpt.domain : "next-hop";
+
+	if (smarthost && (t->rcpt.postmaster || t->rcpt.domain_literal)) {
+		session_reply(s, 550, "5.1.1", "<%s>: no such destination on this relay", t->rcpt.addr);
+		return 1;
+	}
+	if (smarthost && t->domain[0] && strcasecmp(t->domain, dest) != 0 &&
+	    (t->naccepted > 0 || s->up_in_txn)) {
+		session_reply(s, 452, "4.5.3", "Error: one destination domain per transaction: "
+		    "send <%s> in a new transaction", t->rcpt.addr);
+		return 1;
+	}
+	if (s->up != NULL && (!upstream_ready(s->up) || strcasecmp(s->up_domain, dest) != 0))
+		inline_abort(s);
+	snprintf(t->domain, sizeof(t->domain), "%s", t->rcpt.domain);
+	s->op = OP_RCPT;
+	session_enter(s, S_WAIT);
+	if (s->up != NULL) {
+		inline_proceed_rcpt(s);
+		return 0;
+	}
+	snprintf(s->up_domain, sizeof(s->up_domain), "%s", dest);
+	inline_route_start(s);
+	return 0;
+}
+
+int
+inline_data(struct session *s)
+{
+	if (!upstream_ready(s->up)) {
+		session_reply(s, 451, "4.4.2", "Error: next hop connection lost");
+		return 1;
+	}
+	s->op = OP_DATA;
+	session_enter(s, S_WAIT);
+	upstream_command(s->up, "DATA");
+	return 0;
+}
+
+/* RSET: the next hop's transaction goes too.  1 when done, 0 when waiting. */
+int
+inline_rset(struct session *s)
+{
+	if (!upstream_ready(s->up) || !s->up_in_txn)
+		return 1;
+	s->op = OP_RSET;
+	s->up_in_txn = 0;
+	session_enter(s, S_WAIT);
+	upstream_command(s->up, "RSET");
+	return 0;
+}
+
+/* Close the next-hop connection now (before any final dot). */
+void
+inline_abort(struct session *s)
+{
+	mx_cancel(&s->mx);
+	upstream_free(&s->up);
+	s->up_in_txn = 0;
+	s->op = OP_NONE;
+}
+
+/* Reply to our MAIL (sent for the RCPT in flight) or to the RCPT itself. */
+static void
+inline_on_rcpt_reply(struct session *s, const struct smtp_reply *r)
+{
+	if (!s->up_in_txn) {
+		if (r->code / 100 == 2) {
+			s->up_in_txn = 1;
+			if (inline_send_rcpt(s) < 0)
+				inline_answer(s, 451, "4.4.2", "Error: next hop not ready");
+			return;
+		}
+		/* The next hop refused the sender: that is this RCPT's answer. */
+	} else if (r->code / 100 == 2)
+		s->txn->naccepted++;
+	inline_rcpt_event(s, r);
+	s->op = OP_NONE;
+	session_relay_reply(s, r);
+	session_enter(s, s->txn->naccepted ? S_RCPT : S_MAIL);
+	session_resume(s);
+}
+
+static void
+inline_on_data_reply(struct session *s, const struct smtp_reply *r)
+{
+	s->op = OP_NONE;
+	if (r->code != 354) {
+		session_relay_reply(s, r);
+		session_enter(s, S_RCPT);
+		session_resume(s);
+		return;
+	}
+	datascan_init(&s->txn->ds, (size_t)s->lc->max_line_length);
+	gettimeofday(&s->txn->data_start, NULL);
+	session_reply(s, 354, NULL, "End data with <CR><LF>.<CR><LF>");
+	session_enter(s, S_DATA);
+	session_resume(s);
+}
+
+static void
+inline_data_event(struct session *s, int code, const char *reply, size_t len)
+{
+	struct evline *e = evlog_begin("data", s->id);
+
+	evlog_str(e, "client_ip", s->peer_ip);
+	evlog_str(e, "from", s->txn->from.addr);
+	evlog_int(e, "rcpts", s->txn->naccepted);
+	evlog_int(e, "size", (long long)s->txn->size);
+	evlog_int(e, "code", code);
+	evlog_strn(e, "reply", reply, len);
+	evlog_str(e, "next_hop", s->up ? upstream_target(s->up)->host : "");
+	evlog_int(e, "duration_ms", inline_ms_since(&s->txn->data_start));
+	evlog_end(e);
+}
+
+static void
+inline_on_dot_reply(struct session *s, const struct smtp_reply *r)
+{
+	const char *outcome = r->code / 100 == 2 ? "delivered" :
+	    r->code / 100 == 4 ? "deferred" : "rejected";
+
+	inline_data_event(s, r->code, r->text, r->text_len);
+	inline_delivery_event(s, upstream_target(s->up), s->up, outcome, NULL, r->code, r->text);
+	s->op = OP_NONE;
+	s->up_in_txn = 0;
+	s->transactions++;
+	session_relay_reply(s, r);
+	txn_free(&s->txn);
+	session_enter(s, S_HELO);
+	session_resume(s);
+}
+
+static void
+inline_on_reply(struct session *s, const struct smtp_reply *r)
+{
+	switch (s->op) {
+	case OP_RCPT:
+		inline_on_rcpt_reply(s, r);
+		break;
+	case OP_DATA:
+		inline_on_data_reply(s, r);
+		break;
+	case OP_DOT:
+		inline_on_dot_reply(s, r);
+		break;
+	case OP_RSET:
+		if (r->code / 100 != 2) {
+			upstream_free(&s->up);
+			s->up_in_txn = 0;
+		}
+		inline_answer(s, 250, "2.0.0", "Ok");
+		break;
+	case OP_NONE:
+		die_bug("inline: reply %d with no operation pending", r->code);
+	}
+}
+
+/* Stop taking the body: close the next hop before its final dot. */
+static void
+inline_discard(struct session *s, enum discard_reason why, int code, const char *enh,
+    const char *text)
+{
+	struct txn *t = s->txn;
+
+	upstream_free(&s->up);
+	s->up_in_txn = 0;
+	t->discard = why;
+	t->discard_err.code = code;
+	t->discard_err.enh = enh;
+	t->discard_err.text = text;
+	session_enter(s, S_DISCARD);
+}
+
+/* The connection failed while setting up: next target, or a 4xx. */
+static void
+inline_on_setup_fail(struct session *s, const struct upstream_failure *f)
+{
+	char text[400];
+
+	inline_delivery_event(s, upstream_target(s->up), s->up, "deferred", f->result_type,
+	    f->code, f->detail);
+	upstream_free(&s->up);
+	while (++s->target < s->ntargets)
+		if (inline_connect_target(s) == 0)
+			return;
+	snprintf(text, sizeof(text), "Error: next hop not available: %s%s%s",
+	    f->result_type ? f->result_type : "", f->result_type ? ": " : "", f->detail);
+	inline_answer(s, 451, f->enh[0] ? f->enh : "4.4.1", text);
+}
+
+static void
+inline_on_fail(struct session *s)
+{
+	const struct upstream_failure *f = upstream_failure(s->up);
+
+	if (!s->up_was_ready) {
+		inline_on_setup_fail(s, f);
+		return;
+	}
+	if (s->state == S_DATA) {
+		inline_discard(s, DISCARD_UPSTREAM, 451, "4.4.2",
+		    "Error: next hop connection lost, message not delivered");
+		session_unpause(s, PAUSE_UPSTREAM);
+		return;
+	}
+	if (s->op == OP_DOT)
+		inline_data_event(s, 451, f->detail, strlen(f->detail));
+	if (s->op != OP_NONE)
+		inline_delivery_event(s, upstream_target(s->up), s->up, "deferred",
+		    f->result_type, f->code, f->detail);
+	upstream_free(&s->up);
+	s->up_in_txn = 0;
+	if (s->op == OP_RSET)
+		inline_answer(s, 250, "2.0.0", "Ok");
+	else if (s->op != OP_NONE)
+		inline_answer(s, 451, "4.4.2", "Error: next hop connection lost");
+}
+
+static void
+inline_up_cb(void *arg, enum upstream_event ev, const struct smtp_reply *r)
+{
+	struct session *s = arg;
+
+	switch (ev) {
+	case UP_READY:
+		s->up_was_ready = 1;
+		if (s->op == OP_RCPT)
+			inline_proceed_rcpt(s);
+		break;
+	case UP_REPLY:
+		inline_on_reply(s, r);
+		break;
+	case UP_FAIL:
+		inline_on_fail(s);
+		break;
+	case UP_DRAIN:
+		session_unpause(s, PAUSE_UPSTREAM);
+		break;
+	}
+}
+
+/* Bytes p[0..n) of the stream are the message's: forward or drop them. */
+static void
+inline_take(struct session *s, struct evbuffer *in, size_t n)
+{
+	struct txn *t = s->txn;
+
+	t->size += n;
+	if (s->state == S_DATA && t->size > (size_t)s->cfg->max_message_size + 5)
+		inline_discard(s, DISCARD_SIZE, 552, "5.3.4", "Message size exceeds fixed limit");
+	if (s->state == S_DATA)
+		upstream_body(s->up, in, n);
+	else
+		evbuffer_drain(in, n);
+}
+
+/* End of data: wait for the next hop's verdict, or give ours. */
+static void
+inline_end_of_data(struct session *s)
+{
+	struct txn *t = s->txn;
+
+	if (s->state == S_DATA) {
+		upstream_body_done(s->up);
+		s->op = OP_DOT;
+		session_enter(s, S_WAIT);
+		return;
+	}
+	inline_data_event(s, t->discard_err.code, t->discard_err.text,
+	    strlen(t->discard_err.text));
+	session_reject_event(s, "DATA", t->discard_err.code, t->discard_err.text);
+	session_reply_err(s, &t->discard_err);
+	txn_free(&s->txn);
+	session_enter(s, S_HELO);
+}
+
+/*
+ * RFC 5321 §4.1.1.4: a bare CR or LF in the message is refused and the
+ * session ends (Postfix smtpd_forbid_bare_newline = reject): no later byte
+ * can be taken as a new command or a new message (SMTP smuggling).
+ */
+static void
+inline_bare(struct session *s, const char *what)
+{
+	char text[64];
+
+	upstream_free(&s->up);
+	s->up_in_txn = 0;
+	snprintf(text, sizeof(text), "Error: bare <%s> received", what);
+	inline_data_event(s, 550, text, strlen(text));
+	session_reject_event(s, "DATA", 550, text);
+	session_reply(s, 550, "5.5.2", "%s", text);
+	txn_free(&s->txn);
+	session_quit(s, "bare newline in DATA");
+}
+
+/*
+ * inline_data_input - feed the client's bytes through the scanner.
+ * Returns 1 when the read loop may go on, 0 when it must wait (no input,
+ * back-pressure, or the session is ending).
+ */
+int
+inline_data_input(struct session *s)
+{
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+	struct evbuffer_iovec v;
+	size_t used;
+
+	if (s->state == S_DATA && upstream_pending(s->up) > INLINE_BODY_HIWAT) {
+		session_pause(s, PAUSE_UPSTREAM);
+		return 0;
+	}
+	if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
+		return 0;
+	switch (datascan_feed(&s->txn->ds, v.iov_base, v.iov_len, &used)) {
+	case DS_NEED_MORE:
+		inline_take(s, in, used);
+		return 1;
+	case DS_END:
+		inline_take(s, in, used);
+		inline_end_of_data(s);
+		return 1;
+	case DS_LINE_TOO_LONG:
+		inline_take(s, in, used);
+		if (s->state == S_DATA)
+			inline_discard(s, DISCARD_LINE, 500, "5.5.2", "Error: message line too long");
+		return 1;
+	case DS_BARE_LF:
+		inline_bare(s, "LF");
+		return 0;
+	case DS_BARE_CR:
+		inline_bare(s, "CR");
+		return 0;
+	}
+	return 0;
+}

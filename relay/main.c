@@ -1,0 +1,336 @@
+/*
+ * main.c - tlsrelay's command line, start-up, signals and shutdown.
+ *
+ *   tlsrelay [-f] [-d] [-c relay.ini]   run (-f: foreground, -d: debug log)
+ *   tlsrelay -t [-c relay.ini]          check the configuration and exit
+ *   tlsrelay -V                          version and library versions
+ *
+ * Start-up order matters for least privilege: read the configuration, load
+ * keys and bind the listeners as root, then drop to [relay] user.
+ */
+#include <errno.h>
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <ini.h>
+#include <openssl/crypto.h>
+#include <openssl/ssl.h>
+#include <unbound.h>
+
+#include "certs/tlsctx.h"
+#include "policy/resolver.h"
+#include "policy/whitelist.h"
+#include "relay/config.h"
+#include "relay/evlog.h"
+#include "relay/listener.h"
+#include "relay/log.h"
+#include "relay/session.h"
+
+#define TLSRELAY_VERSION "0.1.0"
+
+struct relay {
+	struct relay_config *cfg;
+	struct event_base *base;
+	SSL_CTX *client_ctx;
+	struct resolver *resolver;
+	struct whitelist *whitelist;
+	struct listener *listeners;
+	struct event *sig[5];
+	struct event *deadline;
+};
+
+static void
+usage(void)
+{
+	fprintf(stderr, "usage: tlsrelay [-f] [-d] [-c relay.ini]\n"
+	    "       tlsrelay -t [-c relay.ini]\n"
+	    "       tlsrelay -V\n");
+	exit(2);
+}
+
+static void
+version(void)
+{
+	printf("tlsrelay %s\n", TLSRELAY_VERSION);
+	printf("libevent %s\n", event_get_version());
+	printf("%s\n", OpenSSL_version(OPENSSL_VERSION));
+	printf("libunbound %s\n", ub_version());
+	exit(0);
+}
+
+static void
+relay_drop_privileges(const struct relay_config *cfg)
+{
+	struct passwd *pw;
+
+	if (cfg->user == NULL || cfg->user[0] == '\0')
+		return;
+	pw = getpwnam(cfg->user);
+	if (pw == NULL)
+		die("user %s: no such user", cfg->user);
+	if (setgroups(1, &pw->pw_gid) < 0 || setgid(pw->pw_gid) < 0 || setuid(pw->pw_uid) < 0)
+		die("cannot drop privileges to %s: %s", cfg->user, strerror(errno));
+	if (setuid(0) == 0)
+		die("privileges not dropped: setuid(0) still works");
+	log_msg(LOG_INFO, "running as %s (uid %d)", cfg->user, (int)pw->pw_uid);
+}
+
+/* Raise the descriptor limit to the hard limit and say what we got. */
+static void
+relay_raise_nofile(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	rl.rlim_cur = rl.rlim_max;
+	setrlimit(RLIMIT_NOFILE, &rl);
+	getrlimit(RLIMIT_NOFILE, &rl);
+	log_msg(LOG_INFO, "file descriptor limit %llu", (unsigned long long)rl.rlim_cur);
+}
+
+static void
+relay_shutdown_now(evutil_socket_t fd, short what, void *arg)
+{
+	struct relay *r = arg;
+
+	(void)fd;
+	(void)what;
+	log_msg(LOG_WARN, "shutdown deadline reached with %d sessions open", listener_sessions());
+	event_base_loopbreak(r->base);
+}
+
+/* SIGTERM/SIGINT: stop accepting, let sessions finish up to the deadline. */
+static void
+relay_on_term(struct relay *r)
+{
+	struct listener *l;
+	struct timeval tv = { r->cfg->shutdown_timeout, 0 };
+
+	if (r->deadline != NULL)
+		return;
+	log_msg(LOG_INFO, "shutting down: %d sessions open", listener_sessions());
+	for (l = r->listeners; l != NULL; l = l->next)
+		listener_stop(l);
+	if (listener_sessions() == 0) {
+		event_base_loopexit(r->base, NULL);
+		return;
+	}
+	r->deadline = evtimer_new(r->base, relay_shutdown_now, r);
+	if (r->deadline == NULL)
+		die("out of memory");
+	evtimer_add(r->deadline, &tv);
+}
+
+static void
+relay_signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct relay *r = arg;
+
+	(void)what;
+	switch (sig) {
+	case SIGTERM: case SIGINT:
+		relay_on_term(r);
+		break;
+	case SIGUSR1:
+		if (evlog_reopen() < 0)
+			log_msg(LOG_ERR, "cannot reopen the event log: %s", strerror(errno));
+		break;
+	case SIGHUP:
+		log_msg(LOG_INFO, "SIGHUP: reload is not implemented yet; restart to apply changes");
+		break;
+	}
+}
+
+static void
+relay_signals(struct relay *r)
+{
+	static const int sigs[] = { SIGTERM, SIGINT, SIGHUP, SIGUSR1 };
+	size_t i;
+
+	signal(SIGPIPE, SIG_IGN);
+	for (i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
+		r->sig[i] = evsignal_new(r->base, sigs[i], relay_signal_cb, r);
+		if (r->sig[i] == NULL || evsignal_add(r->sig[i], NULL) < 0)
+			die("cannot install signal handler");
+	}
+}
+
+static int
+relay_needs_dns(const struct relay_config *cfg)
+{
+	const struct listener_config *lc;
+
+	for (lc = cfg->listeners; lc != NULL; lc = lc->next)
+		if (lc->mode == MODE_SMARTHOST)
+			return 1;
+	return 0;
+}
+
+/*
+ * The resolver for MX, DANE and MTA-STS lookups.  Without a trust anchor
+ * nothing validates and DANE would silently turn off (DESIGN.md): refuse.
+ */
+static void
+relay_resolver(struct relay *r)
+{
+	struct resolver_config rc = {
+		.unbound_conf = r->cfg->unbound_conf,
+		.trust_anchor_file = r->cfg->trust_anchor_file,
+		.resolver = r->cfg->resolver,
+	};
+	char err[512];
+
+	if (!relay_needs_dns(r->cfg))
+		return;
+	r->resolver = resolver_new(r->base, &rc, err, sizeof(err));
+	if (r->resolver == NULL)
+		die("%s: [dns]: %s", r->cfg->path, err);
+	if (r->cfg->dane && !resolver_has_trust_anchor(r->resolver))
+		die("%s: [outbound] dane = yes but the resolver has no DNSSEC trust anchor "
+		    "(set [dns] trust_anchor_file or a trust-anchor in unbound_conf, or dane = no)",
+		    r->cfg->path);
+}
+
+static void
+relay_whitelist(struct relay *r)
+{
+	char err[512];
+
+	if (r->cfg->whitelist_file == NULL)
+		return;
+	r->whitelist = whitelist_new();
+	if (r->whitelist == NULL)
+		die("out of memory");
+	if (whitelist_load(r->whitelist, r->cfg->whitelist_file, err, sizeof(err)) < 0)
+		die("[whitelist] file: %s", err);
+	log_msg(LOG_INFO, "whitelist: %zu domains", whitelist_count(r->whitelist));
+}
+
+static void
+relay_listen(struct relay *r)
+{
+	const struct listener_config *lc;
+	struct listener *l, **tail = &r->listeners;
+	char err[512];
+
+	r->client_ctx = tlsctx_client_new(r->cfg->ca_file, err, sizeof(err));
+	if (r->client_ctx == NULL)
+		die("%s: [outbound] ca_file: %s", r->cfg->path, err);
+	for (lc = r->cfg->listeners; lc != NULL; lc = lc->next) {
+		l = listener_new(r->base, r->cfg, lc, r->client_ctx, err, sizeof(err));
+		if (l == NULL)
+			die("%s:%d: %s", r->cfg->path, lc->line, err);
+		l->resolver = r->resolver;
+		l->whitelist = r->whitelist;
+		*tail = l;
+		tail = &l->next;
+	}
+}
+
+static void
+relay_pidfile(const struct relay_config *cfg)
+{
+	FILE *fp;
+
+	if (cfg->pidfile == NULL)
+		return;
+	fp = fopen(cfg->pidfile, "w");
+	if (fp == NULL)
+		die("pidfile %s: %s", cfg->pidfile, strerror(errno));
+	fprintf(fp, "%ld\n", (long)getpid());
+	fclose(fp);
+}
+
+static void
+relay_free(struct relay *r)
+{
+	struct listener *l;
+	size_t i;
+
+	session_close_all("shutdown");
+	event_base_loop(r->base, EVLOOP_NONBLOCK);      /* run the deferred frees */
+	while ((l = r->listeners) != NULL) {
+		r->listeners = l->next;
+		listener_free(&l);
+	}
+	for (i = 0; i < sizeof(r->sig) / sizeof(r->sig[0]); i++)
+		if (r->sig[i] != NULL)
+			event_free(r->sig[i]);
+	if (r->deadline != NULL)
+		event_free(r->deadline);
+	SSL_CTX_free(r->client_ctx);
+	resolver_free(&r->resolver);
+	whitelist_free(&r->whitelist);
+	event_base_free(r->base);
+	if (r->cfg->pidfile != NULL)
+		unlink(r->cfg->pidfile);
+	config_free(&r->cfg);
+	evlog_close();
+}
+
+static int
+relay_run(struct relay_config *cfg, int foreground)
+{
+	struct relay r;
+
+	memset(&r, 0, sizeof(r));
+	r.cfg = cfg;
+	if (evlog_open(cfg->log_file, cfg->hostname) < 0)
+		die("log_file %s: %s", cfg->log_file, strerror(errno));
+	r.base = event_base_new();
+	if (r.base == NULL)
+		die("cannot create the event loop");
+	relay_raise_nofile();
+	relay_whitelist(&r);
+	relay_resolver(&r);
+	relay_listen(&r);
+	relay_drop_privileges(cfg);
+	if (!foreground && daemon(1, 0) < 0)
+		die("cannot daemonize: %s", strerror(errno));
+	relay_pidfile(cfg);
+	relay_signals(&r);
+	log_msg(LOG_INFO, "tlsrelay %s ready", TLSRELAY_VERSION);
+	event_base_dispatch(r.base);
+	log_msg(LOG_INFO, "stopped");
+	relay_free(&r);
+	return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+	const char *path = "relay.ini";
+	int c, check = 0, foreground = 0;
+	struct relay_config *cfg;
+
+	while ((c = getopt(argc, argv, "c:dftV")) != -1) {
+		switch (c) {
+		case 'c': path = optarg; break;
+		case 'd': log_set_level(LOG_DEBUG); break;
+		case 'f': foreground = 1; break;
+		case 't': check = 1; break;
+		case 'V': version(); break;
+		default: usage();
+		}
+	}
+	if (optind != argc)
+		usage();
+	cfg = config_load(path);
+	if (cfg == NULL)
+		return 1;
+	if (check) {
+		printf("%s: configuration OK\n", path);
+		config_free(&cfg);
+		return 0;
+	}
+	return relay_run(cfg, foreground);
+}
