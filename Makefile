@@ -124,3 +124,11 @@ build/asan/dnsprobe: tests/integration/dnsprobe.c build/asan/libtlsrelay.a
 		$(PKG_LIBS) -lm
 
 integration: build/asan/dnsprobe
+
+# The smarthost against a loopback "test internet" (signed DNS + one SMTP
+# server per kind of destination), with a table of outcomes.  Needs root for
+# port 25 on 127.0.0.N.
+demo: deps-test
+	$(MAKE) tlsrelay certs
+	/usr/bin/python3 tests/integration/demo.py --relay ./tlsrelay
+.PHONY: demo

@@ -109,8 +109,12 @@ mx_addr_cb(void *arg, const struct dns_answer *a)
 	mq->q = NULL;
 	if (a->sec == DNS_BOGUS)
 		h->bogus = 1;
-	if (a->status == DNS_OK && a->sec == DNS_SECURE)
+	if (a->status == DNS_OK && a->sec == DNS_SECURE) {
 		h->addr_secure = 1;
+		/* RFC 7672 §2.2.2: a secure CNAME chain gives a second TLSA base name. */
+		if (a->canon[0] != '\0' && strcmp(a->canon, h->name) != 0)
+			snprintf(h->canon, sizeof(h->canon), "%s", a->canon);
+	}
 	for (i = 0; i < a->n && kept < MX_MAX_ADDRS; i++) {
 		if (a->rr[i].type != mq->type)
 			continue;

@@ -29,6 +29,7 @@ enum mx_status {
 
 struct mx_host {
 	char name[DNS_NAME_MAX];
+	char canon[DNS_NAME_MAX];   /* CNAME-expanded name of a secure chain, or "" */
 	int pref;
 	int implicit;               /* the domain itself (no MX RRset) */
 	int addr_secure;            /* A or AAAA RRset DNSSEC-secure (RFC 7672 §2.2.1) */

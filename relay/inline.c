@@ -38,9 +38,44 @@ inline_ms_since(const struct timeval *t)
 	return (now.tv_sec - t->tv_sec) * 1000LL + (now.tv_usec - t->tv_usec) / 1000;
 }
 
+/* policy_type and policy_string (RFC 8460 §4.3) of a target. */
+static void
+inline_event_policy(struct evline *e, const struct upstream_target *t)
+{
+	const char *strs[DANE_MAX_RECS];
+	size_t i;
+
+	if (t == NULL || t->dane == NULL || t->dane->state == DANE_NONE ||
+	    t->dane->state == DANE_FAIL) {
+		evlog_str(e, "policy_type", "no-policy-found");
+		evlog_strarr(e, "policy_string", NULL, 0);
+		return;
+	}
+	for (i = 0; i < t->dane->n; i++)
+		strs[i] = t->dane->recs[i].text;
+	evlog_str(e, "policy_type", "tlsa");
+	evlog_strarr(e, "policy_string", strs, t->dane->n);
+	evlog_bool(e, "halfdane", t->dane->halfdane);
+}
+
+static void
+inline_event_dane(struct evline *e, struct upstream *up)
+{
+	int usage, selector, mtype, depth;
+	char buf[64];
+
+	if (up == NULL || !upstream_dane_match(up, &usage, &selector, &mtype, &depth))
+		return;
+	snprintf(buf, sizeof(buf), "%d %d %d", usage, selector, mtype);
+	evlog_str(e, "dane_match", buf);
+	evlog_int(e, "dane_depth", depth);
+}
+
 /*
  * The DESIGN.md delivery event, one per attempt on a connection: t is the
- * target tried, up its connection (NULL when none was made).
+ * target tried, up its connection (NULL when none was made); result_type
+ * NULL for success, else the RFC 8460 type or "" for a failure that is not
+ * a TLS failure (connection refused, timeout).
  */
 static void
 inline_delivery_event(struct session *s, const struct upstream_target *t,
@@ -50,15 +85,15 @@ inline_delivery_event(struct session *s, const struct upstream_target *t,
 	const char *v = up ? upstream_tls_version(up) : NULL;
 	struct evline *e = evlog_begin("delivery", s->id);
 
-	evlog_str(e, "policy_type", "no-policy-found");
+	inline_event_policy(e, t);
 	evlog_str(e, "policy_domain", s->txn && s->txn->domain[0] ? s->txn->domain : s->up_domain);
-	evlog_strarr(e, "policy_string", NULL, 0);
 	evlog_str(e, "policy_level", t ? tls_level_name(t->level) : "");
 	evlog_str(e, "policy_source", s->level_source ? s->level_source : "");
 	evlog_str(e, "mx_host", t ? t->host : "");
 	evlog_str(e, "result", result_type ? "failure" : "success");
-	if (result_type)
+	if (result_type != NULL && result_type[0] != '\0')
 		evlog_str(e, "result_type", result_type);
+	inline_event_dane(e, up);
 	evlog_str(e, "sending_mta_ip", up ? upstream_local_ip(up) : "");
 	evlog_str(e, "receiving_mx_hostname", t ? t->host : "");
 	evlog_str(e, "receiving_mx_helo", up ? upstream_helo(up) : "");
@@ -228,53 +263,168 @@ inline_verify_names(struct upstream_target *t, const char *domain, const char *m
 	snprintf(t->verify_names[t->nverify++], sizeof(t->verify_names[0]), "%s", mxhost);
 }
 
+/*
+ * The level of one MX host once its TLSA RRset is known (RFC 7672 §2.2):
+ * usable records make DANE mandatory for it (DANE wins over PKIX levels and
+ * MTA-STS, RFC 8461 §2); an unusable RRset means TLS without authentication
+ * at least; none leaves "dane" as "may".  Returns TLS_LEVEL_INVALID when
+ * the host must not be used, with the RFC 8460 reason in *why.
+ */
+static enum tls_level
+inline_host_level(enum tls_level level, const struct dane_host *d, const char **why)
+{
+	enum dane_state st = d ? d->state : DANE_NONE;
+
+	if (st == DANE_FAIL) {
+		*why = "dnssec-invalid";
+		return TLS_LEVEL_INVALID;
+	}
+	if (st == DANE_USABLE)
+		return TLS_DANE_ONLY;
+	if (st == DANE_UNUSABLE)
+		return level < TLS_ENCRYPT || level == TLS_DANE || level == TLS_DANE_ONLY ?
+		    TLS_ENCRYPT : level;
+	if (level == TLS_DANE_ONLY) {
+		*why = "dane-required";
+		return TLS_LEVEL_INVALID;
+	}
+	return level == TLS_DANE ? TLS_MAY : level;
+}
+
+/* A host that cannot be used: its delivery event (TLS-RPT sees the failure). */
+static void
+inline_host_refused(struct session *s, const struct mx_host *h, const struct dane_host *d,
+    enum tls_level level, const char *why)
+{
+	struct upstream_target t;
+
+	memset(&t, 0, sizeof(t));
+	snprintf(t.host, sizeof(t.host), "%s", h->name);
+	if (h->naddr > 0)
+		snprintf(t.ip, sizeof(t.ip), "%s", h->addrs[0].text);
+	t.level = level;
+	t.dane = d;
+	inline_delivery_event(s, &t, NULL, "deferred", why, 451,
+	    d && d->detail[0] ? d->detail : why);
+}
+
+static void
+inline_host_targets(struct session *s, const struct mx_route *r, size_t i,
+    enum tls_level level, const struct dane_host *d, size_t max)
+{
+	const struct mx_host *h = &r->hosts[i];
+	struct upstream_target *t;
+	struct sockaddr_in *sin;
+	size_t j;
+
+	for (j = 0; j < h->naddr && s->ntargets < max; j++) {
+		t = &s->targets[s->ntargets++];
+		snprintf(t->host, sizeof(t->host), "%s", h->name);
+		memcpy(&t->addr, &h->addrs[j].ss, h->addrs[j].sslen);
+		t->addrlen = h->addrs[j].sslen;
+		sin = (struct sockaddr_in *)&t->addr;   /* same offset in sockaddr_in6 */
+		sin->sin_port = htons((uint16_t)s->cfg->port);
+		snprintf(t->ip, sizeof(t->ip), "%s", h->addrs[j].text);
+		t->level = level;
+		t->dane = d;
+		inline_verify_names(t, s->txn->domain, h->name, r->mx_secure);
+	}
+}
+
 /* One target per address of every usable MX host, in route order. */
 static size_t
-inline_route_targets(struct session *s, const struct mx_route *r, enum tls_level level)
+inline_route_targets(struct session *s, const struct mx_route *r, enum tls_level level,
+    const char **why)
 {
-	const struct mx_host *h;
-	struct upstream_target *t;
-	size_t i, j, n = 0, max = 16;
-	struct sockaddr_in *sin;
+	const struct dane_host *d;
+	enum tls_level hl;
+	size_t i, max = 16;
 
 	if (inline_targets_alloc(s, max) == NULL)
 		return 0;
 	for (i = 0; i < r->nhosts; i++) {
-		h = &r->hosts[i];
-		for (j = 0; j < h->naddr && !h->bogus && n < max; j++) {
-			t = &s->targets[n++];
-			snprintf(t->host, sizeof(t->host), "%s", h->name);
-			memcpy(&t->addr, &h->addrs[j].ss, h->addrs[j].sslen);
-			t->addrlen = h->addrs[j].sslen;
-			sin = (struct sockaddr_in *)&t->addr;   /* same offset in sockaddr_in6 */
-			sin->sin_port = htons((uint16_t)s->cfg->port);
-			snprintf(t->ip, sizeof(t->ip), "%s", h->addrs[j].text);
-			t->level = level;
-			inline_verify_names(t, s->txn->domain, h->name, r->mx_secure);
-		}
+		if (r->hosts[i].bogus || r->hosts[i].naddr == 0)
+			continue;
+		d = s->dane ? &s->dane->hosts[i] : NULL;
+		hl = inline_host_level(level, d, why);
+		if (hl == TLS_LEVEL_INVALID)
+			inline_host_refused(s, &r->hosts[i], d, level, *why);
+		else
+			inline_host_targets(s, r, i, hl, d, max);
 	}
-	s->ntargets = n;
-	return n;
+	return s->ntargets;
 }
 
-/* MX routing answered (smarthost): connect, or answer the RCPT. */
+/* Connect along the route, or say why no host may be used. */
+static void
+inline_route_go(struct session *s, const struct mx_route *r)
+{
+	const char *why = NULL;
+	char text[400];
+
+	if (inline_route_targets(s, r, s->route_level, &why) > 0 && inline_connect_target(s) == 0)
+		return;
+	if (why == NULL) {
+		inline_answer(s, 451, "4.3.0", "Error: cannot connect to the destination");
+		return;
+	}
+	snprintf(text, sizeof(text), "Error: %s: no mail server of %s passes its DANE policy",
+	    why, s->txn->domain);
+	inline_answer(s, 451, "4.7.5", text);
+}
+
+static void
+inline_dane_cb(void *arg, const struct mx_route *r, struct dane_result *res)
+{
+	struct session *s = arg;
+
+	s->dane_l = NULL;
+	dane_result_free(&s->dane);
+	s->dane = res;
+	inline_route_go(s, r);
+}
+
+/*
+ * The static level (default, [domain:], whitelist) and whether DANE is
+ * looked for: [outbound] dane = yes makes "dane" the floor of a default
+ * that is weaker, and DANE (when published) also satisfies the levels that
+ * demand authentication.
+ */
+static enum tls_level
+inline_static_level(struct session *s, int *want_dane)
+{
+	const char *domain = s->txn->domain;
+	enum tls_level level;
+
+	level = tls_level_static(s->cfg->default_level, inline_domain_level(s->cfg, domain),
+	    whitelist_match(s->listener->whitelist, domain), &s->level_source);
+	if (s->cfg->dane && strcmp(s->level_source, "default") == 0 && level < TLS_DANE)
+		level = TLS_DANE;
+	*want_dane = level == TLS_DANE || level == TLS_DANE_ONLY ||
+	    (s->cfg->dane && level != TLS_NONE);
+	return level;
+}
+
+/* MX routing answered (smarthost): TLSA lookups, then connect; or answer. */
 static void
 inline_mx_cb(void *arg, const struct mx_route *r)
 {
 	struct session *s = arg;
-	const char *domain = s->txn->domain;
-	enum tls_level level;
+	int want_dane;
 
 	s->mx = NULL;
 	switch (r->status) {
 	case MX_OK:
-		level = tls_level_static(s->cfg->default_level, inline_domain_level(s->cfg, domain),
-		    whitelist_match(s->listener->whitelist, domain), &s->level_source);
-		/* DANE levels need the DANE module: until then they mean "may" at least. */
-		if (level == TLS_DANE)
-			level = TLS_MAY;
-		if (inline_route_targets(s, r, level) == 0 || inline_connect_target(s) < 0)
-			inline_answer(s, 451, "4.3.0", "Error: cannot connect to the destination");
+		s->route_level = inline_static_level(s, &want_dane);
+		dane_result_free(&s->dane);
+		if (want_dane && dane_needed(r)) {
+			s->dane_l = dane_lookup(s->listener->resolver, r, s->cfg->port,
+			    inline_dane_cb, s);
+			if (s->dane_l == NULL)
+				inline_answer(s, 451, "4.3.0", "Error: cannot look up TLSA records");
+			return;
+		}
+		inline_route_go(s, r);
 		return;
 	case MX_NULL:
 		inline_answer(s, 556, "5.1.10", r->detail);
@@ -378,6 +528,7 @@ void
 inline_abort(struct session *s)
 {
 	mx_cancel(&s->mx);
+	dane_cancel(&s->dane_l);
 	upstream_free(&s->up);
 	s->up_in_txn = 0;
 	s->op = OP_NONE;
@@ -444,7 +595,11 @@ inline_on_dot_reply(struct session *s, const struct smtp_reply *r)
 	    r->code / 100 == 4 ? "deferred" : "rejected";
 
 	inline_data_event(s, r->code, r->text, r->text_len);
-	inline_delivery_event(s, upstream_target(s->up), s->up, outcome, NULL, r->code, r->text);
+	const struct upstream_target *t = upstream_target(s->up);
+
+	/* DANE-06: delivered over mandatory TLS, but the TLSA RRset is unusable. */
+	inline_delivery_event(s, t, s->up, outcome, t->dane && t->dane->state == DANE_UNUSABLE ?
+	    "tlsa-invalid" : NULL, r->code, r->text);
 	s->op = OP_NONE;
 	s->up_in_txn = 0;
 	s->transactions++;
@@ -501,8 +656,8 @@ inline_on_setup_fail(struct session *s, const struct upstream_failure *f)
 {
 	char text[400];
 
-	inline_delivery_event(s, upstream_target(s->up), s->up, "deferred", f->result_type,
-	    f->code, f->detail);
+	inline_delivery_event(s, upstream_target(s->up), s->up, "deferred",
+	    f->result_type ? f->result_type : "", f->code, f->detail);
 	upstream_free(&s->up);
 	while (++s->target < s->ntargets)
 		if (inline_connect_target(s) == 0)
@@ -531,7 +686,7 @@ inline_on_fail(struct session *s)
 		inline_data_event(s, 451, f->detail, strlen(f->detail));
 	if (s->op != OP_NONE)
 		inline_delivery_event(s, upstream_target(s->up), s->up, "deferred",
-		    f->result_type, f->code, f->detail);
+		    f->result_type ? f->result_type : "", f->code, f->detail);
 	upstream_free(&s->up);
 	s->up_in_txn = 0;
 	if (s->op == OP_RSET)

@@ -228,6 +228,7 @@ session_close(struct session *s, const char *reason)
 	txn_free(&s->txn);
 	free(s->targets);
 	s->targets = NULL;
+	dane_result_free(&s->dane);
 	if (s->bev != NULL) {
 		bufferevent_setcb(s->bev, NULL, NULL, NULL, NULL);
 		bufferevent_disable(s->bev, EV_READ | EV_WRITE);

@@ -24,6 +24,7 @@
 #include "relay/reply.h"
 #include "relay/smtp_parse.h"
 #include "relay/upstream.h"
+#include "policy/dane.h"
 #include "policy/mx.h"
 
 struct event_base;
@@ -98,9 +99,12 @@ struct session {
 	int up_was_ready;           /* its setup finished (failures after are not setup failures) */
 	char up_domain[SMTP_DOMAIN_MAX + 1];  /* destination the upstream serves */
 	struct mx_lookup *mx;                 /* MX routing in progress (smarthost) */
+	struct dane_lookup *dane_l;           /* TLSA lookups in progress */
+	struct dane_result *dane;             /* TLSA RRsets of the route's hosts */
 	struct upstream_target *targets;      /* route of the pending connection */
 	size_t ntargets, target;
 	const char *level_source;             /* why targets have their level */
+	enum tls_level route_level;           /* static level of the route being built */
 	struct timeval start, up_start;
 	struct session *prev, *next;          /* all live sessions of the process */
 };

@@ -67,6 +67,9 @@ struct upstream {
 	char helo[256];
 	char peer_sha256[65];
 	char local_ip[INET6_ADDRSTRLEN];
+	int dane_records;               /* usable TLSA records OpenSSL took */
+	int dane_depth;                 /* depth of the DANE match, -1 none */
+	uint8_t dane_usage, dane_selector, dane_mtype;
 	struct upstream_failure fail;
 	int freed;
 };
@@ -273,11 +276,40 @@ up_retry_plain(struct upstream *up, const char *why)
 		up_fail(up, "connect", NULL, "4.4.1", "cannot reconnect: %s", strerror(errno));
 }
 
+/*
+ * DANE (RFC 7672 §3): OpenSSL matches; we hand it the usable records, the
+ * reference identifiers for DANE-TA name checks (the TLSA base domain and
+ * the MX host name, §3.2.2), and skip name checks for DANE-EE (§3.1.1,
+ * DANE_FLAG_NO_DANE_EE_NAMECHECKS).  SNI is the base domain (§8.1).
+ */
+static int
+up_dane_setup(struct upstream *up, SSL *ssl)
+{
+	const struct dane_host *d = up->t.dane;
+	size_t i;
+
+	if (SSL_set_tlsext_host_name(ssl, d->base) != 1 || SSL_dane_enable(ssl, d->base) <= 0)
+		return -1;
+	if (strcmp(d->base, up->t.host) != 0 && SSL_add1_host(ssl, up->t.host) != 1)
+		return -1;
+	SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+	SSL_dane_set_flags(ssl, DANE_FLAG_NO_DANE_EE_NAMECHECKS);
+	for (i = 0; i < d->n; i++)
+		if (d->recs[i].usable && SSL_dane_tlsa_add(ssl, d->recs[i].usage,
+		    d->recs[i].selector, d->recs[i].mtype, d->recs[i].data, d->recs[i].len) > 0)
+			up->dane_records++;
+	return 0;
+}
+
 static int
 up_tls_setup(struct upstream *up, SSL *ssl)
 {
 	size_t i;
 
+	up->dane_records = 0;
+	up->dane_depth = -1;
+	if (up->t.dane != NULL && up->t.dane->state == DANE_USABLE)
+		return up_dane_setup(up, ssl);
 	if (SSL_set_tlsext_host_name(ssl, up->t.host) != 1)
 		return -1;
 	if (!tls_must_verify(up->level))
@@ -334,7 +366,20 @@ up_tls_done(struct upstream *up)
 	long v = SSL_get_verify_result(up->ssl);
 
 	tlsctx_peer_sha256(up->ssl, up->peer_sha256, sizeof(up->peer_sha256));
-	if (tls_must_verify(up->level) && v != X509_V_OK) {
+	if (up->dane_records > 0) {
+		if (v != X509_V_OK) {
+			up_fail(up, "tls", v == X509_V_ERR_DANE_NO_MATCH ? "validation-failure" :
+			    tlsctx_result_type(v), "4.7.5", "DANE authentication failed: %s",
+			    X509_verify_cert_error_string(v));
+			return;
+		}
+		up->dane_depth = SSL_get0_dane_tlsa(up->ssl, &up->dane_usage, &up->dane_selector,
+		    &up->dane_mtype, NULL, NULL);
+	} else if (up->t.dane != NULL && up->t.dane->state == DANE_USABLE) {
+		/* OpenSSL refused every record: unusable after all (DANE-05/06). */
+		log_msg(LOG_INFO, "%s %s: no TLSA record usable by OpenSSL", up->p.session,
+		    up->t.host);
+	} else if (tls_must_verify(up->level) && v != X509_V_OK) {
 		up_fail(up, "tls", tlsctx_result_type(v), "4.7.5",
 		    "certificate verification failed: %s", X509_verify_cert_error_string(v));
 		return;
@@ -695,6 +740,19 @@ const char *
 upstream_local_ip(const struct upstream *up)
 {
 	return up->local_ip;
+}
+
+int
+upstream_dane_match(const struct upstream *up, int *usage, int *selector, int *mtype,
+    int *depth)
+{
+	if (up->dane_depth < 0 || up->dane_records == 0)
+		return 0;
+	*usage = up->dane_usage;
+	*selector = up->dane_selector;
+	*mtype = up->dane_mtype;
+	*depth = up->dane_depth;
+	return 1;
 }
 
 int

@@ -25,6 +25,7 @@
 
 #include <openssl/ssl.h>
 
+#include "policy/dane.h"
 #include "policy/level.h"
 #include "relay/reply.h"
 
@@ -45,6 +46,7 @@ struct upstream_target {
 	enum tls_level level;
 	char verify_names[3][260];      /* reference identifiers for verify/secure */
 	size_t nverify;                 /* (".example.org" also matches subdomains) */
+	const struct dane_host *dane;   /* TLSA RRset of this host (owned by the caller) or NULL */
 };
 
 struct upstream_params {
@@ -90,6 +92,12 @@ const char *upstream_tls_cipher(const struct upstream *up);
 const char *upstream_peer_sha256(const struct upstream *up);
 /* Our address on this connection (RFC 8460 sending-mta-ip). */
 const char *upstream_local_ip(const struct upstream *up);
+/*
+ * upstream_dane_match - 1 when the peer was authenticated by DANE: the
+ * matching record's usage, selector, mtype and its depth in the chain.
+ */
+int upstream_dane_match(const struct upstream *up, int *usage, int *selector, int *mtype,
+    int *depth);
 /* Transactions completed on this connection. */
 int upstream_uses(const struct upstream *up);
 

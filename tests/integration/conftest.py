@@ -12,6 +12,8 @@ import pytest
 
 from harness import REPO, NextHopProcess, Relay, free_port, relay_binary
 from smtpserver import NextHop
+from dns_fixture_plugin import dns_factory, dns_module_factory  # noqa: F401
+from testnet_plugin import testnet  # noqa: F401
 
 
 def pytest_configure(config):
