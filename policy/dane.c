@@ -158,7 +158,7 @@ dane_needed(const struct mx_route *route)
 	size_t i;
 
 	for (i = 0; i < route->nhosts; i++)
-		if (route->hosts[i].addr_secure && !route->hosts[i].bogus)
+		if (route->hosts[i].addr_secure && route->hosts[i].naddr > 0)
 			return 1;
 	return 0;
 }
@@ -188,7 +188,7 @@ dane_lookup(struct resolver *r, const struct mx_route *route, int port, dane_cb 
 		l->dq[i].l = l;
 		l->dq[i].host = i;
 		/* RFC 7672 §2.2.1: only hosts with secure addresses get TLSA lookups. */
-		if (!mh->addr_secure || mh->bogus)
+		if (!mh->addr_secure || mh->naddr == 0)
 			continue;
 		if (dane_ask(l, &l->dq[i], mh->canon[0] ? mh->canon : mh->name) == 0)
 			l->pending++;

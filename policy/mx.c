@@ -83,19 +83,26 @@ mx_sort_addrs(struct mx_host *h)
 static void
 mx_addr_done(struct mx_lookup *l)
 {
-	size_t i;
+	struct mx_host *h;
+	size_t i, bogus = 0, usable = 0;
 
 	if (--l->pending > 0)
 		return;
-	for (i = 0; i < l->route.nhosts; i++)
-		mx_sort_addrs(&l->route.hosts[i]);
-	for (i = 0; i < l->route.nhosts; i++)
-		if (l->route.hosts[i].naddr > 0 && !l->route.hosts[i].bogus) {
-			l->route.status = MX_OK;
-			mx_done(l);
-			return;
-		}
-	mx_fail(l, MX_NOADDR, "no usable address for the mail servers of %s", l->domain);
+	for (i = 0; i < l->route.nhosts; i++) {
+		h = &l->route.hosts[i];
+		mx_sort_addrs(h);
+		h->bogus = h->bogus_family && h->naddr == 0;
+		bogus += (size_t)h->bogus;
+		usable += h->naddr > 0;
+	}
+	if (usable > 0) {
+		l->route.status = MX_OK;
+		mx_done(l);
+	} else if (bogus > 0)
+		mx_fail(l, MX_BOGUS, "address records of the mail servers of %s are bogus",
+		    l->domain);
+	else
+		mx_fail(l, MX_NOADDR, "no usable address for the mail servers of %s", l->domain);
 }
 
 static void
@@ -107,8 +114,9 @@ mx_addr_cb(void *arg, const struct dns_answer *a)
 	size_t i, kept = 0;
 
 	mq->q = NULL;
+	/* DANE-02: a bogus answer for one family must not block the other. */
 	if (a->sec == DNS_BOGUS)
-		h->bogus = 1;
+		h->bogus_family = 1;
 	if (a->status == DNS_OK && a->sec == DNS_SECURE) {
 		h->addr_secure = 1;
 		/* RFC 7672 §2.2.2: a secure CNAME chain gives a second TLSA base name. */

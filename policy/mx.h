@@ -33,7 +33,8 @@ struct mx_host {
 	int pref;
 	int implicit;               /* the domain itself (no MX RRset) */
 	int addr_secure;            /* A or AAAA RRset DNSSEC-secure (RFC 7672 §2.2.1) */
-	int bogus;                  /* an address lookup was bogus: host unusable */
+	int bogus_family;           /* the A or AAAA answer was bogus (that family unused) */
+	int bogus;                  /* bogus and no address left: host unusable */
 	size_t naddr;
 	struct dns_addr addrs[MX_MAX_ADDRS * 2];
 };

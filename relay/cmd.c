@@ -14,6 +14,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "policy/whitelist.h"
 #include "relay/evlog.h"
 #include "relay/listener.h"
 #include "relay/session.h"
@@ -225,6 +226,30 @@ cmd_mail_event(struct session *s)
 	evlog_end(e);
 }
 
+/*
+ * require_tls = whitelist (ANCHORS TLS-02): a sender from an assessed
+ * domain must arrive over TLS; the verdict is an event either way.
+ */
+static int
+cmd_mail_tls_required(struct session *s, const struct smtp_path *from)
+{
+	struct evline *e;
+	int listed;
+
+	if (s->lc->require_tls != REQUIRE_TLS_WHITELIST || from->null)
+		return 0;
+	listed = whitelist_match(s->listener->whitelist, from->domain);
+	e = evlog_begin("policy", s->id);
+	evlog_str(e, "direction", "inbound");
+	evlog_str(e, "client_ip", s->peer_ip);
+	evlog_str(e, "sender_domain", from->domain);
+	evlog_bool(e, "whitelisted", listed);
+	evlog_bool(e, "tls", session_tls_active(s));
+	evlog_str(e, "verdict", listed && !session_tls_active(s) ? "reject" : "accept");
+	evlog_end(e);
+	return listed && !session_tls_active(s);
+}
+
 static void
 cmd_mail(struct session *s, const char *args)
 {
@@ -234,6 +259,10 @@ cmd_mail(struct session *s, const char *args)
 
 	if (smtp_parse_mail(args, 1, &path, &params, &err) < 0) {
 		cmd_refuse(s, "MAIL", err.code, err.enh, err.text);
+		return;
+	}
+	if (cmd_mail_tls_required(s, &path)) {
+		cmd_refuse(s, "MAIL", 530, "5.7.0", "Must issue a STARTTLS command first");
 		return;
 	}
 	/* RFC 1870 §6.2: refuse a declared size above the limit at once. */

@@ -95,6 +95,9 @@ static const struct cfg_row cfg_rows[] = {
 	L("max_command_line", CFG_INT, max_command_line, 512, 65536),
 	L("max_line_length", CFG_INT, max_line_length, 1000, 1 << 20),
 	L("banner", CFG_STR, banner, 0, 0),
+	L("trace_headers", CFG_BOOL, trace_headers, 0, 1),
+	L("tls_ask_client_cert", CFG_BOOL, tls_ask_client_cert, 0, 1),
+	L("tls_client_ca", CFG_STR, tls_client_ca, 0, 0),
 	D("level", CFG_LEVEL, level),
 };
 
@@ -515,6 +518,7 @@ cfg_listener_defaults(struct listener_config *l)
 	l->max_recipients = 1000;
 	l->max_command_line = 1000;
 	l->max_line_length = 1000;
+	l->trace_headers = 1;
 	l->nnetworks = 2;
 	cidr_parse("127.0.0.0/8", &l->networks[0]);
 	cidr_parse("::1/128", &l->networks[1]);
@@ -737,6 +741,7 @@ cfg_free_listener(struct listener_config *l)
 	free(l->next_hop_host);
 	free(l->next_hop_tls_name);
 	free(l->banner);
+	free(l->tls_client_ca);
 	free(l);
 }
 

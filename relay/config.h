@@ -52,6 +52,9 @@ struct listener_config {
 	int max_command_line;
 	int max_line_length;
 	char *banner;
+	int trace_headers;          /* prepend Received: (and X-TLS-Policy: on a gateway) */
+	int tls_ask_client_cert;    /* request (never require) a client certificate */
+	char *tls_client_ca;        /* trust anchors for client certificates */
 	int line;                   /* where the section starts, for errors */
 	struct listener_config *next;
 };

@@ -24,6 +24,7 @@
 #include "relay/evlog.h"
 #include "relay/listener.h"
 #include "relay/session.h"
+#include "relay/trace.h"
 
 #define INLINE_BODY_HIWAT (256 * 1024)   /* queued toward the next hop */
 
@@ -343,7 +344,12 @@ inline_route_targets(struct session *s, const struct mx_route *r, enum tls_level
 	if (inline_targets_alloc(s, max) == NULL)
 		return 0;
 	for (i = 0; i < r->nhosts; i++) {
-		if (r->hosts[i].bogus || r->hosts[i].naddr == 0)
+		if (r->hosts[i].bogus) {
+			*why = "dnssec-invalid";
+			inline_host_refused(s, &r->hosts[i], NULL, level, *why);
+			continue;
+		}
+		if (r->hosts[i].naddr == 0)
 			continue;
 		d = s->dane ? &s->dane->hosts[i] : NULL;
 		hl = inline_host_level(level, d, why);
@@ -368,8 +374,8 @@ inline_route_go(struct session *s, const struct mx_route *r)
 		inline_answer(s, 451, "4.3.0", "Error: cannot connect to the destination");
 		return;
 	}
-	snprintf(text, sizeof(text), "Error: %s: no mail server of %s passes its DANE policy",
-	    why, s->txn->domain);
+	snprintf(text, sizeof(text), "Error: %s: no mail server of %s passes its %s policy",
+	    why, s->txn->domain, strcmp(why, "dnssec-invalid") == 0 ? "DNSSEC" : "DANE");
 	inline_answer(s, 451, "4.7.5", text);
 }
 
@@ -558,6 +564,9 @@ inline_on_rcpt_reply(struct session *s, const struct smtp_reply *r)
 static void
 inline_on_data_reply(struct session *s, const struct smtp_reply *r)
 {
+	char trace[2048];
+	size_t n;
+
 	s->op = OP_NONE;
 	if (r->code != 354) {
 		session_relay_reply(s, r);
@@ -568,6 +577,10 @@ inline_on_data_reply(struct session *s, const struct smtp_reply *r)
 	datascan_init(&s->txn->ds, (size_t)s->lc->max_line_length);
 	gettimeofday(&s->txn->data_start, NULL);
 	session_reply(s, 354, NULL, "End data with <CR><LF>.<CR><LF>");
+	n = trace_headers(s, trace, sizeof(trace));
+	if (n > 0)
+		upstream_body_add(s->up, trace, n);
+	s->txn->in_headers = 1;
 	session_enter(s, S_DATA);
 	session_resume(s);
 }
@@ -773,25 +786,11 @@ inline_bare(struct session *s, const char *what)
 	session_quit(s, "bare newline in DATA");
 }
 
-/*
- * inline_data_input - feed the client's bytes through the scanner.
- * Returns 1 when the read loop may go on, 0 when it must wait (no input,
- * back-pressure, or the session is ending).
- */
-int
-inline_data_input(struct session *s)
+/* What the scanner said about bytes at the head of the input. */
+static int
+inline_scan_result(struct session *s, struct evbuffer *in, enum ds_status st, size_t used)
 {
-	struct evbuffer *in = bufferevent_get_input(s->bev);
-	struct evbuffer_iovec v;
-	size_t used;
-
-	if (s->state == S_DATA && upstream_pending(s->up) > INLINE_BODY_HIWAT) {
-		session_pause(s, PAUSE_UPSTREAM);
-		return 0;
-	}
-	if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
-		return 0;
-	switch (datascan_feed(&s->txn->ds, v.iov_base, v.iov_len, &used)) {
+	switch (st) {
 	case DS_NEED_MORE:
 		inline_take(s, in, used);
 		return 1;
@@ -812,4 +811,93 @@ inline_data_input(struct session *s)
 		return 0;
 	}
 	return 0;
+}
+
+static void
+inline_header_removed_event(struct session *s)
+{
+	struct evline *e = evlog_begin("header_removed", s->id);
+
+	evlog_str(e, "client_ip", s->peer_ip);
+	evlog_str(e, "header", TRACE_HEADER_NAME);
+	evlog_str(e, "from", s->txn->from.addr);
+	evlog_end(e);
+}
+
+/*
+ * One complete header line (already scanned): the empty line ends the
+ * header section; an X-TLS-Policy: field from outside is dropped with its
+ * continuation lines (RFC 5322 §2.2.3), so the one we add cannot be forged.
+ */
+static void
+inline_header_line(struct session *s, struct evbuffer *in, const char *line, size_t n)
+{
+	struct txn *t = s->txn;
+
+	if (n == 2 && line[0] == '\r') {
+		t->in_headers = 0;
+	} else if (line[0] == ' ' || line[0] == '\t') {
+		/* a continuation of the field before: same fate */
+	} else {
+		t->dropping = trace_is_policy_field(line, n);
+		if (t->dropping)
+			inline_header_removed_event(s);
+	}
+	if (t->dropping) {
+		t->size += n;
+		evbuffer_drain(in, n);
+	} else
+		inline_take(s, in, n);
+}
+
+/* Header section: whole lines, so fields can be recognised. */
+static int
+inline_header_input(struct session *s, struct evbuffer *in)
+{
+	struct evbuffer_ptr eol;
+	size_t eol_len, n, used, avail = evbuffer_get_length(in);
+	const char *line;
+	enum ds_status st;
+
+	if (avail == 0)
+		return 0;
+	eol = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_LF);
+	if (eol.pos < 0) {
+		if (avail <= (size_t)s->lc->max_line_length + 1)
+			return 0;
+		s->txn->in_headers = 0;     /* no line end in sight: the body path measures it */
+		return 1;
+	}
+	n = (size_t)eol.pos + 1;
+	line = (const char *)evbuffer_pullup(in, (ssize_t)n);
+	st = datascan_feed(&s->txn->ds, line, n, &used);
+	if (st != DS_NEED_MORE)
+		return inline_scan_result(s, in, st, used);
+	inline_header_line(s, in, line, n);
+	return 1;
+}
+
+/*
+ * inline_data_input - feed the client's bytes through the scanner.
+ * Returns 1 when the read loop may go on, 0 when it must wait (no input,
+ * back-pressure, or the session is ending).
+ */
+int
+inline_data_input(struct session *s)
+{
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+	struct evbuffer_iovec v;
+	size_t used;
+	enum ds_status st;
+
+	if (s->state == S_DATA && upstream_pending(s->up) > INLINE_BODY_HIWAT) {
+		session_pause(s, PAUSE_UPSTREAM);
+		return 0;
+	}
+	if (s->txn->in_headers)
+		return inline_header_input(s, in);
+	if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
+		return 0;
+	st = datascan_feed(&s->txn->ds, v.iov_base, v.iov_len, &used);
+	return inline_scan_result(s, in, st, used);
 }

@@ -26,6 +26,7 @@
 #include <unbound.h>
 
 #include "certs/tlsctx.h"
+#include "policy/report.h"
 #include "policy/resolver.h"
 #include "policy/whitelist.h"
 #include "relay/config.h"
@@ -52,6 +53,8 @@ usage(void)
 {
 	fprintf(stderr, "usage: tlsrelay [-f] [-d] [-c relay.ini]\n"
 	    "       tlsrelay -t [-c relay.ini]\n"
+	    "       tlsrelay report [--day YYYY-MM-DD] [--org NAME] [--contact URI] "
+	    "--out DIR LOG...\n"
 	    "       tlsrelay -V\n");
 	exit(2);
 }
@@ -130,6 +133,33 @@ relay_on_term(struct relay *r)
 	evtimer_add(r->deadline, &tv);
 }
 
+/*
+ * SIGHUP: reload the whitelist; sessions go on.  A broken file keeps the
+ * old list (whitelist_load replaces it only after a complete parse).
+ * Other settings need a restart for now.
+ */
+static void
+relay_reload(struct relay *r)
+{
+	char err[512];
+	struct evline *e;
+	int rc = 0;
+
+	if (r->whitelist != NULL)
+		rc = whitelist_load(r->whitelist, r->cfg->whitelist_file, err, sizeof(err));
+	e = evlog_begin("reload", "");
+	evlog_str(e, "what", "whitelist");
+	evlog_str(e, "result", rc == 0 ? "success" : "failure");
+	if (rc < 0)
+		evlog_str(e, "error", err);
+	evlog_int(e, "whitelist_domains", (long long)whitelist_count(r->whitelist));
+	evlog_end(e);
+	if (rc < 0)
+		log_msg(LOG_ERR, "reload: %s (keeping the previous whitelist)", err);
+	else
+		log_msg(LOG_INFO, "reload: whitelist has %zu domains", whitelist_count(r->whitelist));
+}
+
 static void
 relay_signal_cb(evutil_socket_t sig, short what, void *arg)
 {
@@ -145,7 +175,7 @@ relay_signal_cb(evutil_socket_t sig, short what, void *arg)
 			log_msg(LOG_ERR, "cannot reopen the event log: %s", strerror(errno));
 		break;
 	case SIGHUP:
-		log_msg(LOG_INFO, "SIGHUP: reload is not implemented yet; restart to apply changes");
+		relay_reload(r);
 		break;
 	}
 }
@@ -312,6 +342,8 @@ main(int argc, char **argv)
 	int c, check = 0, foreground = 0;
 	struct relay_config *cfg;
 
+	if (argc > 1 && strcmp(argv[1], "report") == 0)
+		return report_main(argc - 1, argv + 1);
 	while ((c = getopt(argc, argv, "c:dftV")) != -1) {
 		switch (c) {
 		case 'c': path = optarg; break;

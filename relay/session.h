@@ -66,6 +66,8 @@ struct txn {
 	int nrcpt;                            /* RCPT commands seen */
 	int naccepted;                        /* RCPTs the next hop accepted */
 	struct datascan ds;
+	int in_headers;                       /* still in the header section */
+	int dropping;                         /* inside a header field being removed */
 	size_t size;                          /* message bytes received */
 	enum discard_reason discard;
 	struct smtp_err discard_err;

@@ -674,6 +674,14 @@ upstream_body(struct upstream *up, struct evbuffer *src, size_t n)
 }
 
 void
+upstream_body_add(struct upstream *up, const char *data, size_t n)
+{
+	if (up->state != UPS_BODY)
+		die_bug("upstream_body_add in state %s", up_state_names[up->state]);
+	evbuffer_add(bufferevent_get_output(up->bev), data, n);
+}
+
+void
 upstream_body_done(struct upstream *up)
 {
 	if (up->state != UPS_BODY)

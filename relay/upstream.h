@@ -74,6 +74,8 @@ void upstream_free(struct upstream **up);
 int upstream_command(struct upstream *up, const char *line);
 /* After a 354 reply: body bytes are moved from src (n bytes). */
 void upstream_body(struct upstream *up, struct evbuffer *src, size_t n);
+/* After a 354 reply: bytes of our own (trace headers) ahead of the client's. */
+void upstream_body_add(struct upstream *up, const char *data, size_t n);
 /* The end-of-data has been written with the body: wait for the final reply. */
 void upstream_body_done(struct upstream *up);
 /* Bytes queued toward the peer (for back-pressure). */

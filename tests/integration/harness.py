@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+
+from eventcheck import check_event_lines
+
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
@@ -233,6 +236,7 @@ class Relay:
                             % (timeout, self.stderr()[-4000:]))
         self.returncode = self.proc.returncode
         self.check_exit(self.returncode)
+        check_event_lines(self.raw_log().splitlines(), str(self.log))
         return self.returncode
 
 

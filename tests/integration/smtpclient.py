@@ -40,7 +40,7 @@ class ProtocolError(AssertionError):
 
 
 class SMTPClient:
-    def __init__(self, port, host="127.0.0.1", timeout=10.0, family=socket.AF_INET):
+    def __init__(self, port, host="127.0.0.1", timeout=10.0):
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.timeout = timeout
         self.buf = b""

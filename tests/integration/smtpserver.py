@@ -36,25 +36,61 @@ from aiosmtpd.controller import Controller
 DEFAULT_DATA_REPLY = "250 2.0.0 Ok: queued by nexthop"
 
 
+TRACE_FIELDS = (b"received:", b"x-tls-policy:")
+
+
+def split_trace(raw):
+    """(trace, rest): the header fields tlsrelay prepends - one Received: whose
+    first line names "(tlsrelay)" and, on a gateway, the X-TLS-Policy: after it
+    - and the bytes the client sent.  Other content is left as it is."""
+    lines = raw.split(b"\r\n")
+    if not lines or not lines[0].lower().startswith(b"received:"):
+        return b"", raw
+    i, seen = 0, []
+    while i < len(lines) and len(seen) < 2:
+        low = lines[i].lower()
+        name = next((f for f in TRACE_FIELDS if low.startswith(f)), None)
+        if name is None or name in seen:
+            break
+        seen.append(name)
+        i += 1
+        while i < len(lines) and lines[i][:1] in (b" ", b"\t"):
+            i += 1
+    trace = b"\r\n".join(lines[:i]) + b"\r\n"
+    if b"(tlsrelay)" not in trace:
+        return b"", raw
+    return trace, b"\r\n".join(lines[i:])
+
+
 @dataclass
 class Message:
     mail_from: str
     rcpt_tos: list
-    content: bytes
+    raw: bytes          # what arrived, the relay's trace header fields included
     ehlo: str
     tls: bool
     peer: list = field(default_factory=list)
     mail_options: list = field(default_factory=list)
 
+    @property
+    def trace(self):
+        """The Received:/X-TLS-Policy: fields tlsrelay added (b"" if none)."""
+        return split_trace(self.raw)[0]
+
+    @property
+    def content(self):
+        """What the client sent: raw without the relay's trace fields."""
+        return split_trace(self.raw)[1]
+
     def to_json(self):
         d = asdict(self)
-        d["content"] = self.content.hex()
+        d["raw"] = self.raw.hex()
         return json.dumps(d)
 
     @classmethod
     def from_json(cls, text):
         d = json.loads(text)
-        d["content"] = bytes.fromhex(d["content"])
+        d["raw"] = bytes.fromhex(d.pop("raw", d.pop("content", "")))
         return cls(**d)
 
 
@@ -107,7 +143,7 @@ class Recorder:
         msg = Message(
             mail_from=envelope.mail_from,
             rcpt_tos=list(envelope.rcpt_tos),
-            content=bytes(envelope.original_content),
+            raw=bytes(envelope.original_content),
             ehlo=session.host_name or "",
             tls=session.ssl is not None,
             peer=list(session.peer[:2]) if session.peer else [],

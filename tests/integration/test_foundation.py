@@ -12,7 +12,6 @@ import hashlib
 import re
 import signal
 import socket
-import ssl
 import subprocess
 import time
 
@@ -508,7 +507,7 @@ def test_listen_on_ipv4_and_ipv6(relay, nexthop):
         pytest.skip("no IPv6 loopback (::1) in this environment")
     nh = nexthop()
     p = free_port()
-    r = relay(gateway(nh.port, listen="127.0.0.1:%d, [::1]:%d" % (p, p)))
+    relay(gateway(nh.port, listen="127.0.0.1:%d, [::1]:%d" % (p, p)))
     for host in ("127.0.0.1", "::1"):
         with SMTPClient(p, host=host) as c:
             expect(c.banner(), r"220 relay\.test")
