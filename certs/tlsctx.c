@@ -78,6 +78,48 @@ tlsctx_server_new(const char *cert, const char *key, int min_version, char *err,
 	return ctx;
 }
 
+/*
+ * The handshake goes on whatever the client certificate is: it is asked
+ * for, never required, and only logged (Postfix smtpd_tls_ask_ccert).  The
+ * verdict is read afterwards with SSL_get_verify_result() and grants
+ * nothing; this callback is not a "skip verification" switch.
+ */
+static int
+tlsctx_ask_cb(int preverify_ok, X509_STORE_CTX *x)
+{
+	(void)preverify_ok;
+	(void)x;
+	return 1;
+}
+
+int
+tlsctx_server_ask_client_cert(SSL_CTX *ctx, const char *ca_file, char *err, size_t errlen)
+{
+	STACK_OF(X509_NAME) *names;
+
+	if (SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) {
+		tlsctx_fail(NULL, "cannot load client CA file", ca_file, err, errlen);
+		return -1;
+	}
+	names = SSL_load_client_CA_file(ca_file);
+	if (names != NULL)
+		SSL_CTX_set_client_CA_list(ctx, names);
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_CLIENT_ONCE, tlsctx_ask_cb);
+	return 0;
+}
+
+void
+tlsctx_peer_names(SSL *ssl, char *subject, char *issuer, size_t len)
+{
+	X509 *peer = SSL_get0_peer_certificate(ssl);
+
+	subject[0] = issuer[0] = '\0';
+	if (peer == NULL)
+		return;
+	X509_NAME_oneline(X509_get_subject_name(peer), subject, (int)len);
+	X509_NAME_oneline(X509_get_issuer_name(peer), issuer, (int)len);
+}
+
 SSL_CTX *
 tlsctx_client_new(const char *ca_file, char *err, size_t errlen)
 {

@@ -22,6 +22,16 @@ SSL_CTX *tlsctx_server_new(const char *cert, const char *key, int min_version,
     char *err, size_t errlen);
 
 /*
+ * tlsctx_server_ask_client_cert - ask clients for a certificate (never
+ * require one), with ca_file as the trust anchors and the CA names sent.
+ * 0, or -1 with err filled.
+ */
+int tlsctx_server_ask_client_cert(SSL_CTX *ctx, const char *ca_file, char *err, size_t errlen);
+
+/* tlsctx_peer_names - one-line subject and issuer of the peer certificate, or "". */
+void tlsctx_peer_names(SSL *ssl, char *subject, char *issuer, size_t len);
+
+/*
  * tlsctx_client_new - context for outbound STARTTLS: TLS 1.2+, trust anchors
  * from ca_file (NULL: OpenSSL defaults), DANE enabled.  Verification never
  * aborts the handshake (SSL_VERIFY_NONE): the caller reads

@@ -552,8 +552,11 @@ inline_on_rcpt_reply(struct session *s, const struct smtp_reply *r)
 			return;
 		}
 		/* The next hop refused the sender: that is this RCPT's answer. */
-	} else if (r->code / 100 == 2)
-		s->txn->naccepted++;
+	} else if (r->code / 100 == 2) {
+		if (s->txn->naccepted++ == 0)
+			snprintf(s->txn->first_rcpt, sizeof(s->txn->first_rcpt), "%s",
+			    s->txn->rcpt.addr);
+	}
 	inline_rcpt_event(s, r);
 	s->op = OP_NONE;
 	session_relay_reply(s, r);
@@ -690,6 +693,8 @@ inline_on_fail(struct session *s)
 		return;
 	}
 	if (s->state == S_DATA) {
+		inline_delivery_event(s, upstream_target(s->up), s->up, "deferred",
+		    f->result_type ? f->result_type : "", 451, f->detail);
 		inline_discard(s, DISCARD_UPSTREAM, 451, "4.4.2",
 		    "Error: next hop connection lost, message not delivered");
 		session_unpause(s, PAUSE_UPSTREAM);
@@ -737,6 +742,7 @@ inline_take(struct session *s, struct evbuffer *in, size_t n)
 {
 	struct txn *t = s->txn;
 
+	session_data_progress(s, n);
 	t->size += n;
 	if (s->state == S_DATA && t->size > (size_t)s->cfg->max_message_size + 5)
 		inline_discard(s, DISCARD_SIZE, 552, "5.3.4", "Message size exceeds fixed limit");
@@ -836,6 +842,7 @@ inline_header_line(struct session *s, struct evbuffer *in, const char *line, siz
 
 	if (n == 2 && line[0] == '\r') {
 		t->in_headers = 0;
+		t->dropping = 0;
 	} else if (line[0] == ' ' || line[0] == '\t') {
 		/* a continuation of the field before: same fate */
 	} else {

@@ -164,7 +164,9 @@ listener_new(struct event_base *base, const struct relay_config *cfg,
 	if (lc->tls_cert != NULL) {
 		l->server_ctx = tlsctx_server_new(lc->tls_cert, lc->tls_key, lc->tls_min_version,
 		    err, errlen);
-		if (l->server_ctx == NULL) {
+		if (l->server_ctx == NULL || (lc->tls_ask_client_cert &&
+		    tlsctx_server_ask_client_cert(l->server_ctx, lc->tls_client_ca ?
+		    lc->tls_client_ca : cfg->ca_file, err, errlen) < 0)) {
 			listener_free(&l);
 			return NULL;
 		}

@@ -23,23 +23,28 @@
 #include <openssl/err.h>
 #include <openssl/rand.h>
 
+#include "certs/tlsctx.h"
 #include "relay/evlog.h"
 #include "relay/line.h"
 #include "relay/listener.h"
+#include "relay/proxy.h"
 #include "relay/session.h"
 
 #define SESSION_INPUT_MAX   (64 * 1024)   /* read watermark: input parked beyond */
 #define SESSION_OUTPUT_MAX  (64 * 1024)   /* replies a client has not read */
 #define SESSION_BAD_MAX     20            /* errors before 421 (Postfix smtpd_hard_error_limit) */
+#define SESSION_DATA_PROGRESS 512         /* DATA bytes that restart the deadline */
 
 static const char *const session_state_names[] = {
-	"init", "helo", "mail", "rcpt", "wait", "data", "discard", "starttls",
+	"proxy", "init", "helo", "mail", "rcpt", "wait", "data", "discard", "starttls",
 	"handshake", "quit", "closed"
 };
 
 static struct session *session_list;
 
 static void session_read_cb(struct bufferevent *bev, void *arg);
+static int session_proxy_step(struct session *s, struct evbuffer *in);
+static void session_peer(struct session *s, const struct sockaddr *sa, int salen);
 static void session_write_cb(struct bufferevent *bev, void *arg);
 static void session_event_cb(struct bufferevent *bev, short what, void *arg);
 
@@ -65,16 +70,65 @@ session_new_id(struct session *s)
 	snprintf(s->id, sizeof(s->id), "%016llx", base + ++counter);
 }
 
+/*
+ * session_arm - restart the deadline of the state.  It is a deadline, not
+ * an idle timer: it restarts only when a whole command has been read (or,
+ * in DATA, every SESSION_DATA_PROGRESS bytes), so a client dripping a byte
+ * at a time (slowloris) is cut off all the same.  Waiting on the next hop,
+ * the next hop's own timeouts apply.
+ */
+void
+session_arm(struct session *s)
+{
+	struct timeval tv = { s->cfg->command_timeout, 0 };
+
+	evtimer_del(s->timer);
+	s->data_progress = 0;
+	if (s->state == S_WAIT || s->state == S_QUIT || s->state == S_CLOSED)
+		return;
+	if (s->state == S_DATA || s->state == S_DISCARD)
+		tv.tv_sec = s->cfg->data_timeout;
+	evtimer_add(s->timer, &tv);
+}
+
+/* DATA made progress: n more bytes of the message arrived. */
+void
+session_data_progress(struct session *s, size_t n)
+{
+	s->data_progress += n;
+	if (s->data_progress >= SESSION_DATA_PROGRESS)
+		session_arm(s);
+}
+
 static void
 session_set_timeouts(struct session *s)
 {
-	struct timeval rd = { s->cfg->command_timeout, 0 };
 	struct timeval wr = { s->cfg->command_timeout, 0 };
 
-	if (s->state == S_DATA || s->state == S_DISCARD)
-		rd.tv_sec = s->cfg->data_timeout;
-	/* Waiting on the next hop: its own timeouts apply, not the client's. */
-	bufferevent_set_timeouts(s->bev, s->state == S_WAIT ? NULL : &rd, &wr);
+	/* A client that does not read its replies is cut off by the write timeout. */
+	bufferevent_set_timeouts(s->bev, NULL, &wr);
+	session_arm(s);
+}
+
+static void
+session_timeout(struct session *s)
+{
+	if (s->state == S_PROXY || s->state == S_STARTTLS || s->state == S_HANDSHAKE) {
+		session_close(s, "timeout");
+		return;
+	}
+	session_reject_event(s, session_state_names[s->state], 421, "timeout");
+	session_reply(s, 421, "4.4.2", "%s Error: timeout exceeded", s->cfg->hostname);
+	bufferevent_enable(s->bev, EV_WRITE);
+	session_quit(s, "timeout");
+}
+
+static void
+session_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	session_timeout(arg);
 }
 
 /* The only writer of s->state. */
@@ -229,6 +283,9 @@ session_close(struct session *s, const char *reason)
 	free(s->targets);
 	s->targets = NULL;
 	dane_result_free(&s->dane);
+	if (s->timer != NULL)
+		event_free(s->timer);
+	s->timer = NULL;
 	if (s->bev != NULL) {
 		bufferevent_setcb(s->bev, NULL, NULL, NULL, NULL);
 		bufferevent_disable(s->bev, EV_READ | EV_WRITE);
@@ -245,7 +302,7 @@ session_close(struct session *s, const char *reason)
 		session_list = s->next;
 	if (s->next != NULL)
 		s->next->prev = s->prev;
-	listener_gone(s->listener, (struct sockaddr *)&s->peer);
+	listener_gone(s->listener, (struct sockaddr *)&s->accept_peer);
 	if (event_base_once(s->base, -1, EV_TIMEOUT, session_release, s, NULL) < 0)
 		die_bug("event_base_once failed");
 }
@@ -310,6 +367,8 @@ session_command_step(struct session *s, struct evbuffer *in)
 		return 1;
 	}
 	session_line(s, line, len, ls);
+	if (s->state != S_CLOSED)
+		session_arm(s);
 	return 1;
 }
 
@@ -336,6 +395,11 @@ session_input(struct session *s)
 			return;
 		if (s->state == S_DATA || s->state == S_DISCARD) {
 			if (!inline_data_input(s))
+				return;
+			continue;
+		}
+		if (s->state == S_PROXY) {
+			if (!session_proxy_step(s, in))
 				return;
 			continue;
 		}
@@ -422,6 +486,25 @@ session_tls_begin(struct session *s)
 	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
 }
 
+/* A client certificate, when one was asked for and offered: logged only. */
+static void
+session_client_cert_event(struct session *s, struct evline *e)
+{
+	char subject[512], issuer[512], sha[65];
+
+	if (!s->lc->tls_ask_client_cert)
+		return;
+	tlsctx_peer_names(s->ssl, subject, issuer, sizeof(subject));
+	evlog_bool(e, "client_cert", subject[0] != '\0');
+	if (subject[0] == '\0')
+		return;
+	tlsctx_peer_sha256(s->ssl, sha, sizeof(sha));
+	evlog_str(e, "client_cert_subject", subject);
+	evlog_str(e, "client_cert_issuer", issuer);
+	evlog_str(e, "client_cert_sha256", sha);
+	evlog_bool(e, "client_cert_verified", SSL_get_verify_result(s->ssl) == X509_V_OK);
+}
+
 static void
 session_tls_done(struct session *s)
 {
@@ -431,6 +514,7 @@ session_tls_done(struct session *s)
 	evlog_str(e, "result", "success");
 	evlog_str(e, "tls_version", SSL_get_version(s->ssl));
 	evlog_str(e, "tls_cipher", SSL_get_cipher_name(s->ssl));
+	session_client_cert_event(s, e);
 	evlog_end(e);
 	/* RFC 3207 §4.2: forget everything learnt before TLS. */
 	s->helo[0] = '\0';
@@ -485,31 +569,32 @@ session_event_cb(struct bufferevent *bev, short what, void *arg)
 		session_tls_failed(s);
 		return;
 	}
-	if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) && s->state != S_QUIT) {
-		session_reject_event(s, session_state_names[s->state], 421, "timeout");
-		session_reply(s, 421, "4.4.2", "%s Error: timeout exceeded", s->cfg->hostname);
-		bufferevent_enable(s->bev, EV_WRITE);
-		session_quit(s, "timeout");
-		return;
-	}
 	session_close(s, (what & BEV_EVENT_TIMEOUT) ? "timeout" :
 	    (what & BEV_EVENT_EOF) ? "client disconnected" : "connection error");
+}
+
+/* The text form and port of an IPv4 or IPv6 socket address. */
+static void
+session_addr_text(const struct sockaddr *sa, char *ip, size_t iplen, int *port)
+{
+	const void *a;
+
+	if (sa->sa_family == AF_INET6) {
+		a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+		*port = ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
+	} else {
+		a = &((const struct sockaddr_in *)sa)->sin_addr;
+		*port = ntohs(((const struct sockaddr_in *)sa)->sin_port);
+	}
+	if (inet_ntop(sa->sa_family, a, ip, (socklen_t)iplen) == NULL)
+		snprintf(ip, iplen, "unknown");
 }
 
 static void
 session_peer(struct session *s, const struct sockaddr *sa, int salen)
 {
-	const void *a;
-
 	memcpy(&s->peer, sa, (size_t)salen);
-	if (sa->sa_family == AF_INET6) {
-		a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
-		s->peer_port = ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
-	} else {
-		a = &((const struct sockaddr_in *)sa)->sin_addr;
-		s->peer_port = ntohs(((const struct sockaddr_in *)sa)->sin_port);
-	}
-	inet_ntop(sa->sa_family, a, s->peer_ip, sizeof(s->peer_ip));
+	session_addr_text(sa, s->peer_ip, sizeof(s->peer_ip), &s->peer_port);
 }
 
 static void
@@ -521,7 +606,54 @@ session_connect_event(struct session *s)
 	evlog_str(e, "mode", s->lc->mode == MODE_GATEWAY ? "gateway" : "smarthost");
 	evlog_str(e, "client_ip", s->peer_ip);
 	evlog_int(e, "client_port", s->peer_port);
+	if (s->lc->proxy_protocol != PROXY_NO) {
+		char ip[INET6_ADDRSTRLEN];
+		int port;
+
+		session_addr_text((struct sockaddr *)&s->accept_peer, ip, sizeof(ip), &port);
+		evlog_str(e, "proxy_ip", ip);
+	}
 	evlog_end(e);
+}
+
+/* The client is known: log it and greet (RFC 5321 §3.1). */
+static void
+session_greet(struct session *s)
+{
+	session_connect_event(s);
+	session_enter(s, S_INIT);
+	session_reply(s, 220, NULL, "%s %s", s->cfg->hostname,
+	    s->lc->banner ? s->lc->banner : "ESMTP tlsrelay");
+}
+
+/*
+ * PROXY protocol (proxy_protocol = v1|v2): the header comes first; the
+ * client address in policy decisions, headers and events is the one the
+ * balancer reports.  A connection without a valid header is dropped.
+ */
+static int
+session_proxy_step(struct session *s, struct evbuffer *in)
+{
+	size_t max = PROXY_V2_HDR + PROXY_V2_MAX_PAYLOAD, avail = evbuffer_get_length(in);
+	size_t n = avail < max ? avail : max;
+	const char *why = "header too long";
+	struct proxy_hdr hdr;
+	int rc;
+
+	rc = proxy_parse(evbuffer_pullup(in, (ssize_t)n), n,
+	    s->lc->proxy_protocol == PROXY_V1 ? 1 : 2, &hdr, &why);
+	if (rc == 0 && avail < max)
+		return 0;
+	if (rc <= 0) {
+		session_reject_event(s, "PROXY", 421, why);
+		session_close(s, "bad PROXY protocol header");
+		return 0;
+	}
+	evbuffer_drain(in, (size_t)rc);
+	if (!hdr.local)
+		session_peer(s, (struct sockaddr *)&hdr.src, sizeof(hdr.src));
+	session_greet(s);
+	return 1;
 }
 
 /*
@@ -534,9 +666,15 @@ session_accept(struct listener *l, int fd, const struct sockaddr *sa, int salen)
 	static const char oom[] = "421 4.3.0 Error: out of resources\r\n";
 	struct session *s = calloc(1, sizeof(*s));
 
-	if (s != NULL)
+	if (s != NULL) {
 		s->bev = bufferevent_socket_new(l->base, fd, 0);
-	if (s == NULL || s->bev == NULL) {
+		s->timer = evtimer_new(l->base, session_timer_cb, s);
+	}
+	if (s == NULL || s->bev == NULL || s->timer == NULL) {
+		if (s != NULL && s->bev != NULL)
+			bufferevent_free(s->bev);
+		if (s != NULL && s->timer != NULL)
+			event_free(s->timer);
 		if (write(fd, oom, sizeof(oom) - 1) < 0)
 			log_msg(LOG_WARN, "out of memory and cannot tell the client");
 		close(fd);
@@ -555,12 +693,13 @@ session_accept(struct listener *l, int fd, const struct sockaddr *sa, int salen)
 	session_list = s;
 	gettimeofday(&s->start, NULL);
 	session_new_id(s);
+	memcpy(&s->accept_peer, sa, (size_t)salen);
 	session_peer(s, sa, salen);
-	session_connect_event(s);
 	bufferevent_setcb(s->bev, session_read_cb, session_write_cb, session_event_cb, s);
 	bufferevent_setwatermark(s->bev, EV_READ, 0, SESSION_INPUT_MAX);
-	session_enter(s, S_INIT);
-	session_reply(s, 220, NULL, "%s %s", s->cfg->hostname,
-	    s->lc->banner ? s->lc->banner : "ESMTP tlsrelay");
+	if (s->lc->proxy_protocol != PROXY_NO)
+		session_enter(s, S_PROXY);
+	else
+		session_greet(s);
 	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
 }

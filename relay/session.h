@@ -32,6 +32,7 @@ struct bufferevent;
 struct listener;
 
 enum session_state {
+	S_PROXY,        /* waiting for the PROXY protocol header, nothing sent yet */
 	S_INIT,         /* greeting sent, no EHLO/HELO yet */
 	S_HELO,         /* EHLO/HELO done, no transaction */
 	S_MAIL,         /* MAIL accepted */
@@ -62,6 +63,7 @@ struct txn {
 	char mail_line[SMTP_PATH_MAX + 64];   /* MAIL command as forwarded */
 	char rcpt_line[SMTP_PATH_MAX + 16];   /* RCPT in flight */
 	struct smtp_path rcpt;                /* RCPT in flight */
+	char first_rcpt[SMTP_PATH_MAX + 1];   /* first recipient the next hop accepted */
 	char domain[SMTP_DOMAIN_MAX + 1];     /* destination domain of the transaction */
 	int nrcpt;                            /* RCPT commands seen */
 	int naccepted;                        /* RCPTs the next hop accepted */
@@ -82,10 +84,13 @@ struct session {
 	struct event_base *base;
 	int fd;
 	struct bufferevent *bev;
+	struct event *timer;        /* deadline of the state (session_arm) */
+	size_t data_progress;       /* DATA bytes since the deadline was restarted */
 	SSL *ssl;                   /* set once the TLS bufferevent owns the socket */
 	enum session_state state;
 	enum session_op op;
-	struct sockaddr_storage peer;
+	struct sockaddr_storage peer;         /* the client (as a PROXY header says) */
+	struct sockaddr_storage accept_peer;  /* the TCP peer: what the listener counted */
 	char peer_ip[INET6_ADDRSTRLEN];
 	int peer_port;
 	char helo[256];
@@ -128,6 +133,8 @@ void session_close(struct session *s, const char *reason);
 void session_close_all(const char *reason);
 void session_quit(struct session *s, const char *reason);
 void session_resume(struct session *s);
+void session_arm(struct session *s);
+void session_data_progress(struct session *s, size_t n);
 void session_pause(struct session *s, int why);
 void session_unpause(struct session *s, int why);
 void session_starttls(struct session *s);

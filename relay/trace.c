@@ -48,7 +48,7 @@ trace_received(const struct session *s, char *buf, size_t len)
 		    SSL_get_cipher_bits(s->ssl, NULL), SSL_get_cipher_bits(s->ssl, NULL));
 	/* Like Postfix: "for" only with one recipient, so Bcc stays private. */
 	if (s->txn != NULL && s->txn->naccepted == 1)
-		snprintf(rcpt, sizeof(rcpt), "\r\n\tfor <%s>", s->txn->rcpt.addr);
+		snprintf(rcpt, sizeof(rcpt), "\r\n\tfor <%s>", s->txn->first_rcpt);
 	n = snprintf(buf, len, "Received: from %s ([%s])%s\r\n\tby %s (tlsrelay) with %s id %s%s;"
 	    "\r\n\t%s\r\n", s->helo[0] ? s->helo : "unknown", s->peer_ip, tls, s->cfg->hostname,
 	    trace_protocol(s), s->id, rcpt, date);

@@ -60,6 +60,7 @@ struct upstream {
 	enum up_state state;
 	int fd;
 	struct bufferevent *bev;
+	struct event *timer;            /* deadline of the state */
 	SSL *ssl;                       /* owned by bev once the TLS bev exists */
 	struct smtp_reply reply;
 	unsigned caps;
@@ -78,6 +79,9 @@ static void up_read_cb(struct bufferevent *bev, void *arg);
 static void up_write_cb(struct bufferevent *bev, void *arg);
 static void up_event_cb(struct bufferevent *bev, short what, void *arg);
 static void up_connected(struct upstream *up);
+static void up_timer_cb(evutil_socket_t fd, short what, void *arg);
+static void up_fail(struct upstream *up, const char *stage, const char *result_type,
+    const char *enh, const char *fmt, ...) PRINTF_LIKE(5, 6);
 static int up_open(struct upstream *up);
 
 /* Timeout of each state, in seconds, from the params (0 = none). */
@@ -98,17 +102,38 @@ up_timeout(const struct upstream *up, enum up_state st)
 	}
 }
 
+/*
+ * A state's timeout is a deadline for the whole reply (RFC 5321 §4.5.3.2
+ * times a command, not a read), so a peer dripping one byte at a time
+ * cannot hold the connection open; only the body, which we write, uses a
+ * per-write timeout.
+ */
 static void
 up_set_timeouts(struct upstream *up)
 {
 	struct timeval tv = { up_timeout(up, up->state), 0 };
-	const struct timeval *rd = tv.tv_sec ? &tv : NULL, *wr = NULL;
+	const struct timeval *t = tv.tv_sec ? &tv : NULL;
 
-	if (up->state == UPS_CONNECT || up->state == UPS_BODY || up->state == UPS_HANDSHAKE)
-		wr = rd;
-	if (up->state == UPS_BODY)
-		rd = NULL;
-	bufferevent_set_timeouts(up->bev, rd, wr);
+	evtimer_del(up->timer);
+	if (up->state == UPS_BODY) {
+		bufferevent_set_timeouts(up->bev, NULL, t);
+		return;
+	}
+	bufferevent_set_timeouts(up->bev, NULL, up->state == UPS_CONNECT ||
+	    up->state == UPS_HANDSHAKE ? t : NULL);
+	if (t != NULL)
+		evtimer_add(up->timer, t);
+}
+
+static void
+up_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct upstream *up = arg;
+
+	(void)fd;
+	(void)what;
+	up_fail(up, up_state_names[up->state], NULL, "4.4.2", "timeout while %s",
+	    up_state_names[up->state]);
 }
 
 static void PRINTF_LIKE(2, 3)
@@ -175,6 +200,7 @@ up_fail(struct upstream *up, const char *stage, const char *result_type,
 	vsnprintf(up->fail.detail, sizeof(up->fail.detail), fmt, ap);
 	va_end(ap);
 	upstream_enter(up, UPS_DEAD);
+	evtimer_del(up->timer);
 	bufferevent_disable(up->bev, EV_READ | EV_WRITE);
 	up_notify(up, UP_FAIL, NULL);
 }
@@ -232,7 +258,10 @@ upstream_connect(const struct upstream_params *p, const struct upstream_target *
 	up->cb = cb;
 	up->arg = arg;
 	up->fd = -1;
-	if (up_open(up) < 0) {
+	up->timer = evtimer_new(p->base, up_timer_cb, up);
+	if (up->timer == NULL || up_open(up) < 0) {
+		if (up->timer != NULL)
+			event_free(up->timer);
 		up_close(up);
 		free(up);
 		return NULL;
@@ -259,6 +288,8 @@ upstream_free(struct upstream **upp)
 	up->freed = 1;
 	up->state = UPS_DEAD;
 	up_close(up);
+	event_free(up->timer);
+	up->timer = NULL;
 	/* Released from the loop: a callback up the stack may still read it. */
 	if (event_base_once(up->p.base, -1, EV_TIMEOUT, up_release, up, NULL) < 0)
 		die_bug("event_base_once failed");
@@ -500,6 +531,7 @@ process_command(struct upstream *up)
 		up->fail.stage = up_state_names[was];
 		up->fail.code = 421;
 		upstream_enter(up, UPS_DEAD);
+		evtimer_del(up->timer);
 		bufferevent_disable(up->bev, EV_READ | EV_WRITE);
 	} else {
 		if (was == UPS_DOT)

@@ -49,7 +49,7 @@ TLS_VERSIONS = ("TLSv1.2", "TLSv1.3")
 # CNAME-expanded TLSA base domain is a reference identifier (RFC 7672 3.2.2).
 GOOD_NAMES = tuple("%s.%s" % (h, SEC) for h in (
     "mx.ta", "mx.nomatch-ta", "mx.nomatch-ee", "mx.roll2", "mx.mixed", "alias.cname3",
-    "mx.bogtlsa")) + ("mx.dmx.bogus.test", "mx.bogaddr.bogus.test")
+    "mx.bogtlsa", "mx.v211", "mx.v202")) + ("mx.dmx.bogus.test", "mx.bogaddr.bogus.test")
 
 DANE_SERVERS = [
     Server("good", 41, "mx.ta.secure.test", names=GOOD_NAMES),
@@ -67,6 +67,7 @@ DOMAIN_LEVELS = {
     "donly-ok.secure.test": "dane-only",
     "dlevel.secure.test": "dane",
     "dplain.secure.test": "dane",
+    "tlsains2.insecure.test": "dane-only",
 }
 
 _seq = itertools.count(1)
@@ -85,18 +86,19 @@ def _openssl(args, data=None):
     return p.stdout
 
 
-def cert_sha256(path):
-    """TLSA x 0 1: SHA-256 of the (first) certificate's DER."""
-    return hashlib.sha256(_openssl(["x509", "-in", path, "-outform", "DER"])).hexdigest()
-
-
-def spki_sha256(path):
-    """TLSA x 1 1: SHA-256 of the certificate's SubjectPublicKeyInfo."""
+def tlsa_data(path):
+    """TLSA association data for the (first) certificate in path:
+    cert = x 0 1, cert512 = x 0 2, certder = x 0 0, spki = x 1 1, spki512 = x 1 2."""
+    der = _openssl(["x509", "-in", path, "-outform", "DER"])
     pem = _openssl(["x509", "-in", path, "-noout", "-pubkey"])
-    return hashlib.sha256(_openssl(["pkey", "-pubin", "-outform", "DER"], pem)).hexdigest()
+    spki = _openssl(["pkey", "-pubin", "-outform", "DER"], pem)
+    return {"cert": hashlib.sha256(der).hexdigest(), "cert512": hashlib.sha512(der).hexdigest(),
+            "certder": der.hex(), "spki": hashlib.sha256(spki).hexdigest(),
+            "spki512": hashlib.sha512(spki).hexdigest()}
 
 
 NOMATCH = hashlib.sha256(b"no certificate has this digest").hexdigest()
+NOMATCH512 = hashlib.sha512(b"no certificate has this digest").hexdigest()
 
 
 class TamperingDns(DnsFixture):
@@ -156,13 +158,14 @@ class DaneNet(TestNet):
             if not s.tls:
                 continue
             crt = self.pki / (s.name + ".crt")
-            self.tlsa[s.name] = {"spki": spki_sha256(str(crt)), "cert": cert_sha256(str(crt))}
+            self.tlsa[s.name] = tlsa_data(str(crt))
             ca = {"good": "ca", "wrongname": "ca", "expired": "ca", "untrusted": "ca2"}.get(s.cert)
             if ca:
                 with open(crt, "a") as f:
                     f.write((self.pki / (ca + ".crt")).read_text())
-        self.tlsa["ca"] = cert_sha256(str(self.pki / "ca.crt"))
-        self.tlsa["ca2"] = cert_sha256(str(self.pki / "ca2.crt"))
+        self.tlsa["CA"] = tlsa_data(str(self.pki / "ca.crt"))
+        self.tlsa["ca"] = self.tlsa["CA"]["cert"]
+        self.tlsa["ca2"] = tlsa_data(str(self.pki / "ca2.crt"))["cert"]
 
     def _start_dns(self):
         records, tamper = dane_zone_records(self)
@@ -178,6 +181,20 @@ class DaneNet(TestNet):
 
     def addr(self, name):
         return self.servers[name].addr
+
+
+# label -> (server, TLSA record from the tlsa table, expected depth of the match)
+VARIANTS = {
+    "v301": ("ee", "3 0 1 {ee[cert]}", 0),
+    "v312": ("ee", "3 1 2 {ee[spki512]}", 0),
+    "v300": ("ee", "3 0 0 {ee[certder]}", 0),
+    "v211": ("good", "2 1 1 {CA[spki]}", 1),
+    "v202": ("good", "2 0 2 {CA[cert512]}", 1),
+}
+
+
+def variant_records(t):
+    return [(label, server, rec.format(**t)) for label, (server, rec, _) in VARIANTS.items()]
 
 
 def dane_zone_records(tn):
@@ -222,6 +239,15 @@ def dane_zone_records(tn):
     sec += ["mixed MX 10 mx.mixed"] + host("mx.mixed", "good", "3 1 1 " + ee, "2 0 1 " + t["ca"])
     sec += ["mixed2 MX 10 mx.mixed2"] + host("mx.mixed2", "ee", "3 1 1 " + ee,
                                              "2 0 1 " + t["ca"])
+    # other selector / matching-type combinations (a host each, see VARIANTS)
+    for label, server, rec in variant_records(t):
+        sec += ["%s MX 10 mx.%s" % (label, label)] + host("mx." + label, server, rec)
+    # digest agility (RFC 7671 9, DANE-09): only the strongest mtype per
+    # usage/selector counts
+    sec += ["agil1 MX 10 mx.agil1"] + host("mx.agil1", "ee", "3 1 1 " + NOMATCH,
+                                           "3 1 2 " + t["ee"]["spki512"])
+    sec += ["agil2 MX 10 mx.agil2"] + host("mx.agil2", "ee", "3 1 1 " + ee,
+                                           "3 1 2 " + NOMATCH512)
     # two MX: the preferred one fails DANE, the second passes
     sec += ["twomx MX 10 mx.tlsabad", "twomx MX 20 mx.ta"]
     sec += host("mx.tlsabad", "wrongname", "3 1 1 " + NOMATCH)
@@ -244,6 +270,7 @@ def dane_zone_records(tn):
     sec += ["bogfirst MX 10 mx.bogtlsa", "bogfirst MX 20 mx.ta"]
     # secure MX -> host in the bogus zone
     sec += ["bogaddr MX 10 mx.bogaddr.bogus.test."]
+    sec += ["bogaddr2 MX 10 mx.bogaddr.bogus.test.", "bogaddr2 MX 20 mx.ta"]
     # DANE-02: secure A, bogus AAAA (tampered below)
     sec += ["v6broken MX 10 mx.v6broken", "mx.v6broken AAAA ::2"]
     sec += host("mx.v6broken", "ee", "3 1 1 " + ee)
@@ -251,6 +278,7 @@ def dane_zone_records(tn):
     sec += ["v6denial MX 10 mx.v6denial"] + host("mx.v6denial", "ee", "3 1 1 " + ee)
 
     ins = ["tlsains MX 10 mx.tlsains"] + host("mx.tlsains", "wrongname", "3 1 1 " + NOMATCH)
+    ins += ["tlsains2 MX 10 mx.tlsains"]
     ins += ["half MX 10 mx.half.secure.test.", "halfbad MX 10 mx.halfbad.secure.test."]
 
     bog = ["dmx MX 10 mx.dmx"] + host("mx.dmx", "good", "3 1 1 " + good)
@@ -471,6 +499,25 @@ def test_tlsa_matching_nothing_deferred(danenet, drelay, domain, record):
              mx_host="mx." + domain)
 
 
+@pytest.mark.parametrize("label", sorted(VARIANTS))
+def test_selector_mtype_variants(danenet, drelay, label):
+    """Cert/SPKI x Full/SHA-256/SHA-512, for DANE-EE and DANE-TA."""
+    server, rec, depth = VARIANTS[label]
+    rec = rec.format(**danenet.tlsa)
+    dane_ok(drelay, danenet, label + ".secure.test", server, " ".join(rec.split()[:3]), depth,
+            [rec], mx="mx.%s.secure.test" % label)
+
+
+def test_digest_agility(danenet, drelay):
+    """RFC 7671 9 / DANE-09: with 3 1 1 and 3 1 2 published, only 3 1 2 is
+    used: a matching SHA-512 authenticates whatever the SHA-256 says, and a
+    matching SHA-256 does not help when the SHA-512 does not match."""
+    t = danenet.tlsa
+    dane_ok(drelay, danenet, "agil1.secure.test", "ee", "3 1 2", 0,
+            ["3 1 1 " + NOMATCH, "3 1 2 " + t["ee"]["spki512"]], mx="mx.agil1.secure.test")
+    deferred(drelay, danenet, "agil2.secure.test", "validation-failure", policy_type="tlsa")
+
+
 def test_tlsa_without_starttls_deferred(danenet, drelay):
     """DANE-10: usable TLSA and no STARTTLS: never plaintext."""
     deferred(drelay, danenet, "dnotls.secure.test", "starttls-not-supported",
@@ -537,6 +584,11 @@ def test_tlsa_in_unsigned_zone_ignored(danenet, drelay):
     assert "dane_match" not in e and not e.get("halfdane"), e
 
 
+def test_tlsa_in_unsigned_zone_does_not_satisfy_dane_only(danenet, drelay):
+    deferred(drelay, danenet, "tlsains2.insecure.test", "dane-required",
+             untouched=("wrongname",))
+
+
 def test_bogus_mx_deferred(danenet, drelay):
     deferred(drelay, danenet, "dmx.bogus.test", "dnssec-invalid", untouched=("good",))
 
@@ -544,6 +596,16 @@ def test_bogus_mx_deferred(danenet, drelay):
 def test_bogus_address_deferred(danenet, drelay):
     """Secure MX RRset naming a host whose A (and TLSA) answers are bogus."""
     deferred(drelay, danenet, "bogaddr.secure.test", "dnssec-invalid", untouched=("good",))
+
+
+def test_bogus_address_first_mx_then_second(danenet, drelay):
+    """A host with only bogus addresses is skipped (logged dnssec-invalid);
+    the next MX delivers."""
+    e, ev = dane_ok(drelay, danenet, "bogaddr2.secure.test", "good", "2 0 1", 1,
+                    ["2 0 1 " + danenet.tlsa["ca"]])
+    first = [x for x in ev if x.get("mx_host") == "mx.bogaddr.bogus.test"]
+    assert first and first[-1].get("result_type") == "dnssec-invalid", fmt(ev)
+    assert first[-1].get("result") == "failure", fmt(ev)
 
 
 def test_bogus_tlsa_deferred(danenet, drelay):
