@@ -20,9 +20,13 @@
  * delivery event's smtp_reply text therefore goes to failure-reason-code;
  * additional-information is only copied from an event's
  * "additional_information" field, when there is one.
+ *
+ * With --send each report is also gzip'd in memory and handed to
+ * policy/report_send.c, which finds the domain's rua URIs and delivers it.
  */
 #include "policy/report.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -37,6 +41,9 @@
 #include <jansson.h>
 #include <zlib.h>
 
+#include "policy/report_send.h"
+#include "relay/config.h"
+
 #define REPORT_DAY            86400
 #define REPORT_LINE_MAX       (1024 * 1024) /* longer lines are unparsable */
 #define REPORT_REASON_MAX     200           /* bytes of failure-reason-code */
@@ -48,10 +55,14 @@ struct report_opts {
 	time_t start;                   /* the UTC day [start, start + 86400) */
 	char day[11];                   /* YYYY-MM-DD */
 	const char *org, *contact, *submitter, *out;
-	char host[256];                 /* gethostname(), default submitter */
+	char host[256];                 /* default submitter: [relay] hostname or gethostname() */
 	char contact_buf[300];
 	char **files;
 	int nfiles;
+	int send;                       /* --send: deliver to the domains' rua URIs */
+	const char *config, *submit, *from;
+	int timeout;
+	struct relay_config *cfg;       /* -c relay.ini, or NULL */
 };
 
 struct report_agg {
@@ -89,11 +100,17 @@ static void
 report_usage(FILE *fp)
 {
 	fprintf(fp, "usage: tlsrelay report [--day YYYY-MM-DD] [--org NAME] [--contact URI]\n"
-	    "                       [--submitter NAME] --out DIR LOGFILE...\n"
+	    "                       [--submitter NAME] [-c relay.ini] [--out DIR]\n"
+	    "                       [--send [--submit IP:PORT] [--from ADDRESS] [--timeout S]]\n"
+	    "                       LOGFILE...\n"
 	    "  RFC 8460 TLS reports, one per policy domain, from event logs\n"
 	    "  (LOGFILE - is stdin; gzip'd logs are read as well).  --day defaults\n"
-	    "  to yesterday (UTC), --submitter to this host's name, --org to the\n"
-	    "  submitter, --contact to postmaster@submitter.\n");
+	    "  to yesterday (UTC), --submitter to [relay] hostname of -c or this\n"
+	    "  host's name, --org to the submitter, --contact to postmaster@submitter.\n"
+	    "  --out DIR writes the reports; --send delivers them to the rua URIs of\n"
+	    "  each domain's _smtp._tls TXT record: mailto: through the relay's\n"
+	    "  smarthost listener (--submit, default: the first one in -c), https:\n"
+	    "  by POST.  --from defaults to noreply-tlsrpt@submitter.\n");
 }
 
 static void __attribute__((format(printf, 1, 2)))
@@ -524,9 +541,11 @@ static int
 report_result(json_t *ev)
 {
 	const char *r = report_get(ev, "result"), *rt = report_get(ev, "result_type");
+	json_t *tls = json_object_get(ev, "tls");
 
+	/* A plaintext delivery (no STARTTLS at "may") is not a TLS session. */
 	if (r != NULL && strcmp(r, "success") == 0)
-		return 1;
+		return json_is_false(tls) ? -2 : 1;
 	if ((r != NULL && strcmp(r, "failure") == 0) || (r == NULL && rt != NULL))
 		return rt != NULL && rt[0] != '\0' ? 0 : -2;
 	return -1;

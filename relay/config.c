@@ -24,12 +24,14 @@
 #include <openssl/ssl.h>
 
 #include "relay/config.h"
+#include "relay/evlog.h"
 #include "relay/log.h"
 
 enum cfg_type {
 	CFG_STR, CFG_INT, CFG_TIME, CFG_SIZE, CFG_BOOL, CFG_LEVEL, CFG_MODE,
 	CFG_REQTLS, CFG_PROXY, CFG_LISTEN, CFG_CIDRS, CFG_DOMAINS, CFG_HOSTPORT,
-	CFG_TLSVER, CFG_WORKERS, CFG_NEXTHOP_TLS
+	CFG_TLSVER, CFG_WORKERS, CFG_NEXTHOP_TLS, CFG_STSFAIL,
+	CFG_SYSLOG, CFG_LOGADDR, CFG_ADDRPORT   /* strings, checked before they are kept */
 };
 
 enum cfg_scope { SCOPE_GLOBAL, SCOPE_LISTENER, SCOPE_DOMAIN };
@@ -56,7 +58,9 @@ static const struct cfg_row cfg_rows[] = {
 	G("relay", "workers", CFG_WORKERS, workers, 0, 256),
 	G("relay", "state_dir", CFG_STR, state_dir, 0, 0),
 	G("relay", "log_file", CFG_STR, log_file, 0, 0),
-	G("relay", "syslog", CFG_STR, syslog, 0, 0),
+	G("relay", "syslog", CFG_SYSLOG, syslog, 0, 0),
+	G("relay", "log_addresses", CFG_LOGADDR, log_addresses, 0, 0),
+	G("relay", "metrics_listen", CFG_ADDRPORT, metrics_listen, 0, 0),
 	G("relay", "max_message_size", CFG_SIZE, max_message_size, 1024, 1LL << 40),
 	G("relay", "pidfile", CFG_STR, pidfile, 0, 0),
 	G("relay", "shutdown_timeout", CFG_TIME, shutdown_timeout, 0, 3600),
@@ -65,6 +69,9 @@ static const struct cfg_row cfg_rows[] = {
 	G("outbound", "default_level", CFG_LEVEL, default_level, 0, 0),
 	G("outbound", "dane", CFG_BOOL, dane, 0, 1),
 	G("outbound", "mta_sts", CFG_BOOL, mta_sts, 0, 1),
+	G("outbound", "mta_sts_timeout", CFG_TIME, mta_sts_timeout, 1, 600),
+	G("outbound", "mta_sts_dns_failure", CFG_STSFAIL, mta_sts_dns_failure, 0, 0),
+	G("outbound", "mta_sts_port", CFG_INT, mta_sts_port, 1, 65535),
 	G("outbound", "port", CFG_INT, port, 1, 65535),
 	G("outbound", "ca_file", CFG_STR, ca_file, 0, 0),
 	G("outbound", "helo_name", CFG_STR, helo_name, 0, 0),
@@ -99,6 +106,7 @@ static const struct cfg_row cfg_rows[] = {
 	L("tls_ask_client_cert", CFG_BOOL, tls_ask_client_cert, 0, 1),
 	L("tls_client_ca", CFG_STR, tls_client_ca, 0, 0),
 	D("level", CFG_LEVEL, level),
+	D("mta_sts_dns_failure", CFG_STSFAIL, sts_dns_failure),
 };
 
 /* Parser state: inih calls our reader once per line, so we know the line. */
@@ -347,6 +355,7 @@ static const char *const cfg_reqtls_names[] = { "no", "whitelist", "yes" };
 static const char *const cfg_proxy_names[] = { "no", "v1", "v2" };
 static const char *const cfg_bool_names[] = { "no", "yes" };
 static const char *const cfg_bool_alt_names[] = { "false", "true" };
+static const char *const cfg_stsfail_names[] = { "defer", "deliver" };
 
 static int
 cfg_set_list(struct cfg_parse *p, struct listener_config *l, enum cfg_type type,
@@ -467,6 +476,32 @@ cfg_set_bool(struct cfg_parse *p, int *field, const char *value)
 	return 0;
 }
 
+/* [relay] syslog, log_addresses, metrics_listen: kept as text once valid. */
+static int
+cfg_set_checked_str(struct cfg_parse *p, enum cfg_type type, char **field, const char *value)
+{
+	struct sockaddr_storage ss;
+	socklen_t len;
+	int facility;
+
+	if (type == CFG_SYSLOG && evlog_facility_parse(value, &facility) < 0) {
+		cfg_error(p, "bad syslog \"%s\" (want off, daemon, mail, user or local0..local7)",
+		    value);
+		return -1;
+	}
+	if (type == CFG_LOGADDR && evlog_addr_mode_parse(value) < 0) {
+		cfg_error(p, "bad log_addresses \"%s\" (want yes, hash or omit)", value);
+		return -1;
+	}
+	if (type == CFG_ADDRPORT && addr_parse(value, &ss, &len) < 0) {
+		cfg_error(p, "bad metrics_listen \"%s\" (want 127.0.0.1:9125 or [::1]:9125)", value);
+		return -1;
+	}
+	free(*field);
+	*field = xstrdup(value);
+	return 0;
+}
+
 static int
 cfg_set(struct cfg_parse *p, const struct cfg_row *r, void *base, const char *value)
 {
@@ -492,6 +527,11 @@ cfg_set(struct cfg_parse *p, const struct cfg_row *r, void *base, const char *va
 		return cfg_set_enum(p, field, value, cfg_proxy_names, 3, "proxy_protocol", "no, v1 or v2");
 	case CFG_TLSVER:
 		return cfg_set_tlsver(p, field, value);
+	case CFG_SYSLOG: case CFG_LOGADDR: case CFG_ADDRPORT:
+		return cfg_set_checked_str(p, r->type, field, value);
+	case CFG_STSFAIL:
+		return cfg_set_enum(p, field, value, cfg_stsfail_names, 2, "mta_sts_dns_failure",
+		    "defer or deliver");
 	case CFG_HOSTPORT:
 		free(l->next_hop_host);
 		l->next_hop_host = NULL;
@@ -537,6 +577,7 @@ cfg_defaults(struct relay_config *c)
 	c->state_dir = xstrdup("/var/lib/tlsrelay");
 	c->log_file = xstrdup("-");
 	c->syslog = xstrdup("off");
+	c->log_addresses = xstrdup("yes");
 	c->max_message_size = 25LL * 1024 * 1024;
 	c->shutdown_timeout = 30;
 	c->command_timeout = 300;
@@ -544,6 +585,9 @@ cfg_defaults(struct relay_config *c)
 	c->default_level = TLS_MAY;
 	c->dane = 1;
 	c->mta_sts = 1;
+	c->mta_sts_timeout = 60;
+	c->mta_sts_dns_failure = STS_DNS_DEFER;
+	c->mta_sts_port = 443;
 	c->port = 25;
 	c->ca_file = xstrdup("/etc/ssl/certs/ca-certificates.crt");
 	c->connect_timeout = 30;
@@ -577,6 +621,7 @@ cfg_section(struct cfg_parse *p, const char *section)
 		d->name = cfg_domain_dup(section + 7);
 		d->line = p->section_line;
 		d->level = TLS_LEVEL_INVALID;
+		d->sts_dns_failure = STS_DNS_INHERIT;
 		return d;
 	}
 	return p->cfg;
@@ -691,7 +736,7 @@ cfg_check(struct cfg_parse *p)
 	for (l = p->cfg->listeners; l != NULL; l = l->next)
 		cfg_check_listener(p, l);
 	for (d = p->cfg->domains; d != NULL; d = d->next)
-		if (d->level == TLS_LEVEL_INVALID)
+		if (d->level == TLS_LEVEL_INVALID && d->sts_dns_failure == STS_DNS_INHERIT)
 			cfg_check_error(p, d->line, "[domain:%s]: level is required", d->name);
 	if (p->cfg->helo_name == NULL)
 		p->cfg->helo_name = xstrdup(p->cfg->hostname);
@@ -756,7 +801,7 @@ config_free(struct relay_config **cfgp)
 	if (c == NULL)
 		return;
 	char **strs[] = { &c->path, &c->hostname, &c->user, &c->state_dir, &c->log_file,
-	    &c->syslog, &c->pidfile, &c->ca_file, &c->helo_name, &c->unbound_conf,
+	    &c->syslog, &c->log_addresses, &c->metrics_listen, &c->pidfile, &c->ca_file, &c->helo_name, &c->unbound_conf,
 	    &c->trust_anchor_file, &c->resolver, &c->whitelist_file };
 	for (i = 0; i < sizeof(strs) / sizeof(strs[0]); i++)
 		free(*strs[i]);

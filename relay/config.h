@@ -59,9 +59,13 @@ struct listener_config {
 	struct listener_config *next;
 };
 
+/* What to do when the _mta-sts TXT lookup fails (SERVFAIL, timeout). */
+enum sts_dns_failure { STS_DNS_INHERIT = -1, STS_DNS_DEFER, STS_DNS_DELIVER };
+
 struct domain_config {
 	char *name;                 /* lower case, no trailing dot */
 	enum tls_level level;
+	enum sts_dns_failure sts_dns_failure;
 	int line;
 	struct domain_config *next;
 };
@@ -74,7 +78,9 @@ struct relay_config {
 	int workers;                /* 0 = auto */
 	char *state_dir;
 	char *log_file;
-	char *syslog;
+	char *syslog;               /* "off" or a facility name (daemon, mail, local0..7) */
+	char *log_addresses;        /* "yes" (default), "hash" or "omit": privacy of e-mail addresses */
+	char *metrics_listen;       /* addr:port of the Prometheus endpoint, NULL = off */
 	long long max_message_size;
 	char *pidfile;
 	int shutdown_timeout;       /* seconds */
@@ -84,6 +90,9 @@ struct relay_config {
 	enum tls_level default_level;
 	int dane;
 	int mta_sts;
+	int mta_sts_timeout;        /* seconds for one policy fetch */
+	enum sts_dns_failure mta_sts_dns_failure;
+	int mta_sts_port;           /* 443; other values only for tests */
 	int port;
 	char *ca_file;
 	char *helo_name;

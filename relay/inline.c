@@ -23,6 +23,7 @@
 #include "policy/whitelist.h"
 #include "relay/evlog.h"
 #include "relay/listener.h"
+#include "relay/route.h"
 #include "relay/session.h"
 #include "relay/trace.h"
 
@@ -30,122 +31,7 @@
 
 static void inline_up_cb(void *arg, enum upstream_event ev, const struct smtp_reply *r);
 
-static long long
-inline_ms_since(const struct timeval *t)
-{
-	struct timeval now;
-
-	gettimeofday(&now, NULL);
-	return (now.tv_sec - t->tv_sec) * 1000LL + (now.tv_usec - t->tv_usec) / 1000;
-}
-
-/* policy_type and policy_string (RFC 8460 §4.3) of a target. */
-static void
-inline_event_policy(struct evline *e, const struct upstream_target *t)
-{
-	const char *strs[DANE_MAX_RECS];
-	size_t i;
-
-	if (t == NULL || t->dane == NULL || t->dane->state == DANE_NONE ||
-	    t->dane->state == DANE_FAIL) {
-		evlog_str(e, "policy_type", "no-policy-found");
-		evlog_strarr(e, "policy_string", NULL, 0);
-		return;
-	}
-	for (i = 0; i < t->dane->n; i++)
-		strs[i] = t->dane->recs[i].text;
-	evlog_str(e, "policy_type", "tlsa");
-	evlog_strarr(e, "policy_string", strs, t->dane->n);
-	evlog_bool(e, "halfdane", t->dane->halfdane);
-}
-
-static void
-inline_event_dane(struct evline *e, struct upstream *up)
-{
-	int usage, selector, mtype, depth;
-	char buf[64];
-
-	if (up == NULL || !upstream_dane_match(up, &usage, &selector, &mtype, &depth))
-		return;
-	snprintf(buf, sizeof(buf), "%d %d %d", usage, selector, mtype);
-	evlog_str(e, "dane_match", buf);
-	evlog_int(e, "dane_depth", depth);
-}
-
-/*
- * The DESIGN.md delivery event, one per attempt on a connection: t is the
- * target tried, up its connection (NULL when none was made); result_type
- * NULL for success, else the RFC 8460 type or "" for a failure that is not
- * a TLS failure (connection refused, timeout).
- */
-static void
-inline_delivery_event(struct session *s, const struct upstream_target *t,
-    struct upstream *up, const char *outcome, const char *result_type, int code,
-    const char *reply)
-{
-	const char *v = up ? upstream_tls_version(up) : NULL;
-	struct evline *e = evlog_begin("delivery", s->id);
-
-	inline_event_policy(e, t);
-	evlog_str(e, "policy_domain", s->txn && s->txn->domain[0] ? s->txn->domain : s->up_domain);
-	evlog_str(e, "policy_level", t ? tls_level_name(t->level) : "");
-	evlog_str(e, "policy_source", s->level_source ? s->level_source : "");
-	evlog_str(e, "mx_host", t ? t->host : "");
-	evlog_str(e, "result", result_type ? "failure" : "success");
-	if (result_type != NULL && result_type[0] != '\0')
-		evlog_str(e, "result_type", result_type);
-	inline_event_dane(e, up);
-	evlog_str(e, "sending_mta_ip", up ? upstream_local_ip(up) : "");
-	evlog_str(e, "receiving_mx_hostname", t ? t->host : "");
-	evlog_str(e, "receiving_mx_helo", up ? upstream_helo(up) : "");
-	evlog_str(e, "receiving_ip", t ? t->ip : "");
-	evlog_str(e, "tls_version", v ? v : "");
-	evlog_str(e, "tls_cipher", v ? upstream_tls_cipher(up) : "");
-	evlog_str(e, "peer_cert_sha256", up ? upstream_peer_sha256(up) : "");
-	evlog_bool(e, "connection_reused", up && upstream_uses(up) > 1);
-	evlog_str(e, "outcome", outcome);
-	evlog_int(e, "code", code);
-	evlog_str(e, "smtp_reply", reply);
-	evlog_int(e, "duration_ms", inline_ms_since(&s->up_start));
-	evlog_end(e);
-}
-
-static struct upstream_target *
-inline_targets_alloc(struct session *s, size_t n)
-{
-	free(s->targets);
-	s->targets = calloc(n, sizeof(*s->targets));
-	s->ntargets = 0;
-	s->target = 0;
-	return s->targets;
-}
-
-/* Gateway route: the configured next hop (an address literal). */
-static int
-inline_route_nexthop(struct session *s)
-{
-	struct upstream_target *t = inline_targets_alloc(s, 1);
-	char spec[300];
-	const struct listener_config *lc = s->lc;
-
-	if (t == NULL)
-		return -1;
-	snprintf(t->host, sizeof(t->host), "%s", lc->next_hop_host);
-	snprintf(spec, sizeof(spec), strchr(lc->next_hop_host, ':') ? "[%s]:%d" : "%s:%d",
-	    lc->next_hop_host, lc->next_hop_port);
-	if (addr_parse(spec, &t->addr, &t->addrlen) < 0)
-		return -1;
-	snprintf(t->ip, sizeof(t->ip), "%s", lc->next_hop_host);
-	t->level = lc->next_hop_tls;
-	snprintf(t->verify_names[0], sizeof(t->verify_names[0]), "%s",
-	    lc->next_hop_tls_name ? lc->next_hop_tls_name : lc->next_hop_host);
-	t->nverify = 1;
-	s->ntargets = 1;
-	s->level_source = "next_hop_tls";
-	return 0;
-}
-
-static int
+int
 inline_connect_target(struct session *s)
 {
 	struct upstream_params p = {
@@ -167,7 +53,7 @@ inline_connect_target(struct session *s)
 }
 
 /* Finish the pending operation with a reply of our own and go on. */
-static void
+void
 inline_answer(struct session *s, int code, const char *enh, const char *text)
 {
 	enum session_op op = s->op;
@@ -236,236 +122,6 @@ inline_rcpt_event(struct session *s, const struct smtp_reply *r)
 	evlog_end(e);
 }
 
-/* The [domain:NAME] level for domain, or TLS_LEVEL_INVALID. */
-static enum tls_level
-inline_domain_level(const struct relay_config *cfg, const char *domain)
-{
-	const struct domain_config *d;
-
-	for (d = cfg->domains; d != NULL; d = d->next)
-		if (strcasecmp(d->name, domain) == 0)
-			return d->level;
-	return TLS_LEVEL_INVALID;
-}
-
-/* Reference identifiers for the certificate (Postfix TLS_README). */
-static void
-inline_verify_names(struct upstream_target *t, const char *domain, const char *mxhost,
-    int mx_secure)
-{
-	t->nverify = 0;
-	if (t->level == TLS_SECURE) {
-		/* The recipient domain or a subdomain; the MX name only if DNSSEC-secure. */
-		snprintf(t->verify_names[t->nverify++], sizeof(t->verify_names[0]), "%s", domain);
-		snprintf(t->verify_names[t->nverify++], sizeof(t->verify_names[0]), ".%s", domain);
-		if (!mx_secure)
-			return;
-	}
-	snprintf(t->verify_names[t->nverify++], sizeof(t->verify_names[0]), "%s", mxhost);
-}
-
-/*
- * The level of one MX host once its TLSA RRset is known (RFC 7672 §2.2):
- * usable records make DANE mandatory for it (DANE wins over PKIX levels and
- * MTA-STS, RFC 8461 §2); an unusable RRset means TLS without authentication
- * at least; none leaves "dane" as "may".  Returns TLS_LEVEL_INVALID when
- * the host must not be used, with the RFC 8460 reason in *why.
- */
-static enum tls_level
-inline_host_level(enum tls_level level, const struct dane_host *d, const char **why)
-{
-	enum dane_state st = d ? d->state : DANE_NONE;
-
-	if (st == DANE_FAIL) {
-		*why = "dnssec-invalid";
-		return TLS_LEVEL_INVALID;
-	}
-	if (st == DANE_USABLE)
-		return TLS_DANE_ONLY;
-	if (st == DANE_UNUSABLE)
-		return level < TLS_ENCRYPT || level == TLS_DANE || level == TLS_DANE_ONLY ?
-		    TLS_ENCRYPT : level;
-	if (level == TLS_DANE_ONLY) {
-		*why = "dane-required";
-		return TLS_LEVEL_INVALID;
-	}
-	return level == TLS_DANE ? TLS_MAY : level;
-}
-
-/* A host that cannot be used: its delivery event (TLS-RPT sees the failure). */
-static void
-inline_host_refused(struct session *s, const struct mx_host *h, const struct dane_host *d,
-    enum tls_level level, const char *why)
-{
-	struct upstream_target t;
-
-	memset(&t, 0, sizeof(t));
-	snprintf(t.host, sizeof(t.host), "%s", h->name);
-	if (h->naddr > 0)
-		snprintf(t.ip, sizeof(t.ip), "%s", h->addrs[0].text);
-	t.level = level;
-	t.dane = d;
-	inline_delivery_event(s, &t, NULL, "deferred", why, 451,
-	    d && d->detail[0] ? d->detail : why);
-}
-
-static void
-inline_host_targets(struct session *s, const struct mx_route *r, size_t i,
-    enum tls_level level, const struct dane_host *d, size_t max)
-{
-	const struct mx_host *h = &r->hosts[i];
-	struct upstream_target *t;
-	struct sockaddr_in *sin;
-	size_t j;
-
-	for (j = 0; j < h->naddr && s->ntargets < max; j++) {
-		t = &s->targets[s->ntargets++];
-		snprintf(t->host, sizeof(t->host), "%s", h->name);
-		memcpy(&t->addr, &h->addrs[j].ss, h->addrs[j].sslen);
-		t->addrlen = h->addrs[j].sslen;
-		sin = (struct sockaddr_in *)&t->addr;   /* same offset in sockaddr_in6 */
-		sin->sin_port = htons((uint16_t)s->cfg->port);
-		snprintf(t->ip, sizeof(t->ip), "%s", h->addrs[j].text);
-		t->level = level;
-		t->dane = d;
-		inline_verify_names(t, s->txn->domain, h->name, r->mx_secure);
-	}
-}
-
-/* One target per address of every usable MX host, in route order. */
-static size_t
-inline_route_targets(struct session *s, const struct mx_route *r, enum tls_level level,
-    const char **why)
-{
-	const struct dane_host *d;
-	enum tls_level hl;
-	size_t i, max = 16;
-
-	if (inline_targets_alloc(s, max) == NULL)
-		return 0;
-	for (i = 0; i < r->nhosts; i++) {
-		if (r->hosts[i].bogus) {
-			*why = "dnssec-invalid";
-			inline_host_refused(s, &r->hosts[i], NULL, level, *why);
-			continue;
-		}
-		if (r->hosts[i].naddr == 0)
-			continue;
-		d = s->dane ? &s->dane->hosts[i] : NULL;
-		hl = inline_host_level(level, d, why);
-		if (hl == TLS_LEVEL_INVALID)
-			inline_host_refused(s, &r->hosts[i], d, level, *why);
-		else
-			inline_host_targets(s, r, i, hl, d, max);
-	}
-	return s->ntargets;
-}
-
-/* Connect along the route, or say why no host may be used. */
-static void
-inline_route_go(struct session *s, const struct mx_route *r)
-{
-	const char *why = NULL;
-	char text[400];
-
-	if (inline_route_targets(s, r, s->route_level, &why) > 0 && inline_connect_target(s) == 0)
-		return;
-	if (why == NULL) {
-		inline_answer(s, 451, "4.3.0", "Error: cannot connect to the destination");
-		return;
-	}
-	snprintf(text, sizeof(text), "Error: %s: no mail server of %s passes its %s policy",
-	    why, s->txn->domain, strcmp(why, "dnssec-invalid") == 0 ? "DNSSEC" : "DANE");
-	inline_answer(s, 451, "4.7.5", text);
-}
-
-static void
-inline_dane_cb(void *arg, const struct mx_route *r, struct dane_result *res)
-{
-	struct session *s = arg;
-
-	s->dane_l = NULL;
-	dane_result_free(&s->dane);
-	s->dane = res;
-	inline_route_go(s, r);
-}
-
-/*
- * The static level (default, [domain:], whitelist) and whether DANE is
- * looked for: [outbound] dane = yes makes "dane" the floor of a default
- * that is weaker, and DANE (when published) also satisfies the levels that
- * demand authentication.
- */
-static enum tls_level
-inline_static_level(struct session *s, int *want_dane)
-{
-	const char *domain = s->txn->domain;
-	enum tls_level level;
-
-	level = tls_level_static(s->cfg->default_level, inline_domain_level(s->cfg, domain),
-	    whitelist_match(s->listener->whitelist, domain), &s->level_source);
-	if (s->cfg->dane && strcmp(s->level_source, "default") == 0 && level < TLS_DANE)
-		level = TLS_DANE;
-	*want_dane = level == TLS_DANE || level == TLS_DANE_ONLY ||
-	    (s->cfg->dane && level != TLS_NONE);
-	return level;
-}
-
-/* MX routing answered (smarthost): TLSA lookups, then connect; or answer. */
-static void
-inline_mx_cb(void *arg, const struct mx_route *r)
-{
-	struct session *s = arg;
-	int want_dane;
-
-	s->mx = NULL;
-	switch (r->status) {
-	case MX_OK:
-		s->route_level = inline_static_level(s, &want_dane);
-		dane_result_free(&s->dane);
-		if (want_dane && dane_needed(r)) {
-			s->dane_l = dane_lookup(s->listener->resolver, r, s->cfg->port,
-			    inline_dane_cb, s);
-			if (s->dane_l == NULL)
-				inline_answer(s, 451, "4.3.0", "Error: cannot look up TLSA records");
-			return;
-		}
-		inline_route_go(s, r);
-		return;
-	case MX_NULL:
-		inline_answer(s, 556, "5.1.10", r->detail);
-		return;
-	case MX_NXDOMAIN:
-		inline_answer(s, 550, "5.1.2", r->detail);
-		return;
-	case MX_BOGUS:
-		inline_delivery_event(s, NULL, NULL, "deferred", "dnssec-invalid", 451, r->detail);
-		inline_answer(s, 451, "4.7.5", "Error: dnssec-invalid: DNSSEC validation failed "
-		    "for the destination's MX records");
-		return;
-	case MX_TEMPFAIL:
-		inline_answer(s, 451, "4.4.3", r->detail);
-		return;
-	case MX_NOADDR:
-		inline_answer(s, 451, "4.4.4", r->detail);
-		return;
-	}
-}
-
-/* Start the connection for the RCPT in flight: static next hop or MX. */
-static void
-inline_route_start(struct session *s)
-{
-	if (s->lc->mode == MODE_GATEWAY) {
-		if (inline_route_nexthop(s) < 0 || inline_connect_target(s) < 0)
-			inline_answer(s, 451, "4.3.0", "Error: cannot connect to next hop");
-		return;
-	}
-	if (s->listener->resolver != NULL)
-		s->mx = mx_lookup(s->listener->resolver, s->txn->domain, inline_mx_cb, s);
-	if (s->mx == NULL)
-		inline_answer(s, 451, "4.3.0", "Error: cannot resolve the destination");
-}
 
 /*
  * RCPT: one destination per transaction until a spool exists (RFC 5321
@@ -499,7 +155,7 @@ inline_rcpt(struct session *s)
 		return 0;
 	}
 	snprintf(s->up_domain, sizeof(s->up_domain), "%s", dest);
-	inline_route_start(s);
+	route_start(s);
 	return 0;
 }
 
@@ -533,8 +189,7 @@ inline_rset(struct session *s)
 void
 inline_abort(struct session *s)
 {
-	mx_cancel(&s->mx);
-	dane_cancel(&s->dane_l);
+	route_cancel(s);
 	upstream_free(&s->up);
 	s->up_in_txn = 0;
 	s->op = OP_NONE;
@@ -600,7 +255,7 @@ inline_data_event(struct session *s, int code, const char *reply, size_t len)
 	evlog_int(e, "code", code);
 	evlog_strn(e, "reply", reply, len);
 	evlog_str(e, "next_hop", s->up ? upstream_target(s->up)->host : "");
-	evlog_int(e, "duration_ms", inline_ms_since(&s->txn->data_start));
+	evlog_int(e, "duration_ms", route_ms_since(&s->txn->data_start));
 	evlog_end(e);
 }
 
@@ -614,7 +269,7 @@ inline_on_dot_reply(struct session *s, const struct smtp_reply *r)
 	const struct upstream_target *t = upstream_target(s->up);
 
 	/* DANE-06: delivered over mandatory TLS, but the TLSA RRset is unusable. */
-	inline_delivery_event(s, t, s->up, outcome, t->dane && t->dane->state == DANE_UNUSABLE ?
+	route_delivery_event(s, t, s->up, outcome, t->dane && t->dane->state == DANE_UNUSABLE ?
 	    "tlsa-invalid" : NULL, r->code, r->text);
 	s->op = OP_NONE;
 	s->up_in_txn = 0;
@@ -672,7 +327,7 @@ inline_on_setup_fail(struct session *s, const struct upstream_failure *f)
 {
 	char text[400];
 
-	inline_delivery_event(s, upstream_target(s->up), s->up, "deferred",
+	route_delivery_event(s, upstream_target(s->up), s->up, "deferred",
 	    f->result_type ? f->result_type : "", f->code, f->detail);
 	upstream_free(&s->up);
 	while (++s->target < s->ntargets)
@@ -693,7 +348,7 @@ inline_on_fail(struct session *s)
 		return;
 	}
 	if (s->state == S_DATA) {
-		inline_delivery_event(s, upstream_target(s->up), s->up, "deferred",
+		route_delivery_event(s, upstream_target(s->up), s->up, "deferred",
 		    f->result_type ? f->result_type : "", 451, f->detail);
 		inline_discard(s, DISCARD_UPSTREAM, 451, "4.4.2",
 		    "Error: next hop connection lost, message not delivered");
@@ -703,7 +358,7 @@ inline_on_fail(struct session *s)
 	if (s->op == OP_DOT)
 		inline_data_event(s, 451, f->detail, strlen(f->detail));
 	if (s->op != OP_NONE)
-		inline_delivery_event(s, upstream_target(s->up), s->up, "deferred",
+		route_delivery_event(s, upstream_target(s->up), s->up, "deferred",
 		    f->result_type ? f->result_type : "", f->code, f->detail);
 	upstream_free(&s->up);
 	s->up_in_txn = 0;

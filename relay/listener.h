@@ -23,6 +23,7 @@ struct listener {
 	SSL_CTX *client_ctx;            /* outbound TLS (shared) */
 	struct resolver *resolver;      /* DNS (shared; NULL when no listener needs it) */
 	struct whitelist *whitelist;    /* assessed domains (shared; may be NULL) */
+	struct mtasts *mtasts;          /* MTA-STS policies (shared; NULL when mta_sts = no) */
 	struct evconnlistener *evl[CONFIG_MAX_ADDRS];
 	size_t nevl;
 	int nconn;

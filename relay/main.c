@@ -26,12 +26,14 @@
 #include <unbound.h>
 
 #include "certs/tlsctx.h"
+#include "policy/mtasts.h"
 #include "policy/report.h"
 #include "policy/resolver.h"
 #include "policy/whitelist.h"
 #include "relay/config.h"
 #include "relay/evlog.h"
 #include "relay/listener.h"
+#include "relay/metrics.h"
 #include "relay/log.h"
 #include "relay/session.h"
 
@@ -43,9 +45,11 @@ struct relay {
 	SSL_CTX *client_ctx;
 	struct resolver *resolver;
 	struct whitelist *whitelist;
+	struct mtasts *mtasts;
 	struct listener *listeners;
 	struct event *sig[5];
 	struct event *deadline;
+	struct metrics *metrics;     /* NULL unless [relay] metrics_listen */
 };
 
 static void
@@ -230,6 +234,26 @@ relay_resolver(struct relay *r)
 		    r->cfg->path);
 }
 
+/* MTA-STS: refuses to start when ca_file holds no usable CA certificate. */
+static void
+relay_mtasts(struct relay *r)
+{
+	struct mtasts_config mc = {
+		.state_dir = r->cfg->state_dir,
+		.ca_file = r->cfg->ca_file,
+		.fetch_timeout = r->cfg->mta_sts_timeout,
+		.txt_fail = MTASTS_TXT_FAIL_NOPOLICY,  /* route.c applies mta_sts_dns_failure */
+		.https_port = r->cfg->mta_sts_port,
+	};
+	char err[512];
+
+	if (r->resolver == NULL || !r->cfg->mta_sts)
+		return;
+	r->mtasts = mtasts_new(r->base, r->resolver, &mc, err, sizeof(err));
+	if (r->mtasts == NULL)
+		die("%s: [outbound] mta_sts = yes: %s", r->cfg->path, err);
+}
+
 static void
 relay_whitelist(struct relay *r)
 {
@@ -261,9 +285,23 @@ relay_listen(struct relay *r)
 			die("%s:%d: %s", r->cfg->path, lc->line, err);
 		l->resolver = r->resolver;
 		l->whitelist = r->whitelist;
+		l->mtasts = r->mtasts;
 		*tail = l;
 		tail = &l->next;
 	}
+}
+
+/* The Prometheus endpoint: bound here, before privileges are dropped. */
+static void
+relay_metrics(struct relay *r)
+{
+	char err[512];
+
+	if (r->cfg->metrics_listen == NULL)
+		return;
+	r->metrics = metrics_new(r->base, r->cfg, err, sizeof(err));
+	if (r->metrics == NULL)
+		die("%s: [relay] metrics_listen: %s", r->cfg->path, err);
 }
 
 static void
@@ -298,6 +336,8 @@ relay_free(struct relay *r)
 	if (r->deadline != NULL)
 		event_free(r->deadline);
 	SSL_CTX_free(r->client_ctx);
+	mtasts_free(&r->mtasts);
+	metrics_free(&r->metrics);
 	resolver_free(&r->resolver);
 	whitelist_free(&r->whitelist);
 	event_base_free(r->base);
@@ -316,13 +356,19 @@ relay_run(struct relay_config *cfg, int foreground)
 	r.cfg = cfg;
 	if (evlog_open(cfg->log_file, cfg->hostname) < 0)
 		die("log_file %s: %s", cfg->log_file, strerror(errno));
+	evlog_set_addr_mode(cfg->log_addresses);        /* checked by config_load */
+	if (evlog_syslog_open(cfg->syslog) < 0)
+		die("[relay] syslog = %s: /dev/log: %s%s", cfg->syslog, strerror(errno),
+		    errno == EPROTOTYPE ? " (a stream socket: tlsrelay sends datagrams only)" : "");
 	r.base = event_base_new();
 	if (r.base == NULL)
 		die("cannot create the event loop");
 	relay_raise_nofile();
 	relay_whitelist(&r);
 	relay_resolver(&r);
+	relay_mtasts(&r);
 	relay_listen(&r);
+	relay_metrics(&r);
 	relay_drop_privileges(cfg);
 	if (!foreground && daemon(1, 0) < 0)
 		die("cannot daemonize: %s", strerror(errno));

@@ -28,6 +28,7 @@
 #include "relay/line.h"
 #include "relay/listener.h"
 #include "relay/proxy.h"
+#include "relay/route.h"
 #include "relay/session.h"
 
 #define SESSION_INPUT_MAX   (64 * 1024)   /* read watermark: input parked beyond */
@@ -280,9 +281,7 @@ session_close(struct session *s, const char *reason)
 	evlog_end(e);
 	inline_abort(s);
 	txn_free(&s->txn);
-	free(s->targets);
-	s->targets = NULL;
-	dane_result_free(&s->dane);
+	route_free(s);
 	if (s->timer != NULL)
 		event_free(s->timer);
 	s->timer = NULL;

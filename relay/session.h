@@ -106,6 +106,10 @@ struct session {
 	int up_was_ready;           /* its setup finished (failures after are not setup failures) */
 	char up_domain[SMTP_DOMAIN_MAX + 1];  /* destination the upstream serves */
 	struct mx_lookup *mx;                 /* MX routing in progress (smarthost) */
+	struct mtasts_req *sts_req;           /* MTA-STS lookup in progress */
+	struct route_sts *sts;                /* its result (route.c) */
+	struct mx_route *route;               /* the MX route being used */
+	int route_wait;                       /* lookups route_decide() waits for */
 	struct dane_lookup *dane_l;           /* TLSA lookups in progress */
 	struct dane_result *dane;             /* TLSA RRsets of the route's hosts */
 	struct upstream_target *targets;      /* route of the pending connection */
@@ -147,6 +151,8 @@ int cmd_dispatch(struct session *s, char *line, size_t len);
 void txn_free(struct txn **t);
 
 /* inline.c */
+void inline_answer(struct session *s, int code, const char *enh, const char *text);
+int inline_connect_target(struct session *s);
 int inline_rcpt(struct session *s);
 int inline_data(struct session *s);
 int inline_rset(struct session *s);

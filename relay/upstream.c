@@ -68,6 +68,7 @@ struct upstream {
 	char helo[256];
 	char peer_sha256[65];
 	char local_ip[INET6_ADDRSTRLEN];
+	const char *sts_failure;        /* MTA-STS testing: what enforce would have failed */
 	int dane_records;               /* usable TLSA records OpenSSL took */
 	int dane_depth;                 /* depth of the DANE match, -1 none */
 	uint8_t dane_usage, dane_selector, dane_mtype;
@@ -301,6 +302,8 @@ up_retry_plain(struct upstream *up, const char *why)
 {
 	log_msg(LOG_INFO, "%s %s[%s]: TLS failed (%s), retrying in clear", up->p.session,
 	    up->t.host, up->t.ip, why);
+	if (up->t.sts_testing)
+		up->sts_failure = "validation-failure";
 	up_close(up);
 	up->level = TLS_NONE;
 	if (up_open(up) < 0)
@@ -343,6 +346,12 @@ up_tls_setup(struct upstream *up, SSL *ssl)
 		return up_dane_setup(up, ssl);
 	if (SSL_set_tlsext_host_name(ssl, up->t.host) != 1)
 		return -1;
+	if (up->t.sts_testing) {
+		/* RFC 8461 §4.2 checks, for the report only: PKIX and the MX host name. */
+		SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+		if (SSL_set1_host(ssl, up->t.host) != 1)
+			return -1;
+	}
 	if (!tls_must_verify(up->level))
 		return 0;
 	SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
@@ -410,6 +419,9 @@ up_tls_done(struct upstream *up)
 		/* OpenSSL refused every record: unusable after all (DANE-05/06). */
 		log_msg(LOG_INFO, "%s %s: no TLSA record usable by OpenSSL", up->p.session,
 		    up->t.host);
+	} else if (up->t.sts_testing && v != X509_V_OK) {
+		/* RFC 8461 §5: testing delivers anyway; the failure is reported. */
+		up->sts_failure = tlsctx_result_type(v);
 	} else if (tls_must_verify(up->level) && v != X509_V_OK) {
 		up_fail(up, "tls", tlsctx_result_type(v), "4.7.5",
 		    "certificate verification failed: %s", X509_verify_cert_error_string(v));
@@ -464,6 +476,8 @@ process_ehlo(struct upstream *up)
 		up_fail(up, "ehlo", "starttls-not-supported", "4.7.4",
 		    "STARTTLS not offered by %s[%s]", up->t.host, up->t.ip);
 	} else {
+		if (up->t.sts_testing)
+			up->sts_failure = "starttls-not-supported";
 		upstream_enter(up, UPS_READY);
 		up_notify(up, UP_READY, NULL);
 	}
@@ -793,6 +807,12 @@ upstream_dane_match(const struct upstream *up, int *usage, int *selector, int *m
 	*mtype = up->dane_mtype;
 	*depth = up->dane_depth;
 	return 1;
+}
+
+const char *
+upstream_sts_failure(const struct upstream *up)
+{
+	return up->sts_failure;
 }
 
 int

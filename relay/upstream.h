@@ -27,6 +27,7 @@
 
 #include "policy/dane.h"
 #include "policy/level.h"
+#include "policy/sts.h"
 #include "relay/reply.h"
 
 struct event_base;
@@ -47,6 +48,9 @@ struct upstream_target {
 	char verify_names[3][260];      /* reference identifiers for verify/secure */
 	size_t nverify;                 /* (".example.org" also matches subdomains) */
 	const struct dane_host *dane;   /* TLSA RRset of this host (owned by the caller) or NULL */
+	const struct sts_policy *sts;   /* MTA-STS policy applied (owned by the caller) or NULL */
+	int sts_testing;                /* mode testing: check as enforce, only report */
+	const char *sts_failure;        /* testing: the MX host is not in the policy */
 };
 
 struct upstream_params {
@@ -100,6 +104,11 @@ const char *upstream_local_ip(const struct upstream *up);
  */
 int upstream_dane_match(const struct upstream *up, int *usage, int *selector, int *mtype,
     int *depth);
+/*
+ * upstream_sts_failure - for an MTA-STS "testing" target: the RFC 8460
+ * result type enforce mode would have failed this connection with, or NULL.
+ */
+const char *upstream_sts_failure(const struct upstream *up);
 /* Transactions completed on this connection. */
 int upstream_uses(const struct upstream *up);
 
