@@ -48,7 +48,8 @@ enum ds_state {
 	DS_S_CR,      /* a CR inside a line (or ending an empty line) */
 	DS_S_END,     /* end of data seen */
 	DS_S_BAD_LF,  /* failed on a bare LF */
-	DS_S_BAD_CR   /* failed on a bare CR */
+	DS_S_BAD_CR,  /* failed on a bare CR */
+	DS_S_BAD_NUL  /* failed on a NUL */
 };
 #define DS_STATE_MASK  0xff
 /* ... and this bit is set once the current line was reported too long. */
@@ -88,6 +89,7 @@ datascan_final(enum ds_state st, enum ds_status *status)
 	case DS_S_END:    *status = DS_END; return 1;
 	case DS_S_BAD_LF: *status = DS_BARE_LF; return 1;
 	case DS_S_BAD_CR: *status = DS_BARE_CR; return 1;
+	case DS_S_BAD_NUL: *status = DS_NUL; return 1;
 	default:          return 0;
 	}
 }
@@ -119,8 +121,12 @@ datascan_feed(struct datascan *ds, const char *p, size_t n, size_t *used)
 	if (datascan_final(st, &status))
 		return status;
 	for (i = 0; i < n; i++) {
-		next = datascan_step(st, (unsigned char)p[i]);
+		next = p[i] == '\0' ? DS_S_BAD_NUL : datascan_step(st, (unsigned char)p[i]);
 		*used = i;
+		if (next == DS_S_BAD_NUL) {
+			ds->state = (int)next;
+			return DS_NUL;
+		}
 		if (next == DS_S_BAD_LF || next == DS_S_BAD_CR) {
 			ds->state = (int)next;
 			return next == DS_S_BAD_LF ? DS_BARE_LF : DS_BARE_CR;

@@ -20,8 +20,10 @@ enum ds_status {
 	DS_END,           /* end of data: *used bytes up to and including the final CRLF */
 	DS_BARE_LF,       /* LF not preceded by CR at p[*used] */
 	DS_BARE_CR,       /* CR not followed by LF; *used is the offset of the byte after the CR */
-	DS_LINE_TOO_LONG  /* a line longer than max_line (CRLF included) at p[*used];
+	DS_LINE_TOO_LONG, /* a line longer than max_line (CRLF included) at p[*used];
 	                     that byte is not consumed: feed again from p + *used */
+	DS_NUL            /* a NUL octet at p[*used] (RFC 6152 §2: never in SMTP data);
+	                     the stream is unusable, as after a bare CR or LF */
 };
 
 struct datascan {

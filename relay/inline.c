@@ -439,7 +439,10 @@ inline_bare(struct session *s, const char *what)
 
 	upstream_free(&s->up);
 	s->up_in_txn = 0;
-	snprintf(text, sizeof(text), "Error: bare <%s> received", what);
+	if (strcmp(what, "NUL") == 0)
+		snprintf(text, sizeof(text), "Error: NUL character received");
+	else
+		snprintf(text, sizeof(text), "Error: bare <%s> received", what);
 	inline_data_event(s, 550, text, strlen(text));
 	session_reject_event(s, "DATA", 550, text);
 	session_reply(s, 550, "5.5.2", "%s", text);
@@ -469,6 +472,11 @@ inline_scan_result(struct session *s, struct evbuffer *in, enum ds_status st, si
 		return 0;
 	case DS_BARE_CR:
 		inline_bare(s, "CR");
+		return 0;
+	case DS_NUL:
+		/* RFC 6152 §2: not even 8BITMIME allows NUL; a next hop that drops
+		 * it could see an end of data we did not (SMTP smuggling). */
+		inline_bare(s, "NUL");
 		return 0;
 	}
 	return 0;
@@ -504,6 +512,9 @@ inline_header_line(struct session *s, struct evbuffer *in, const char *line, siz
 		t->dropping = trace_is_policy_field(line, n);
 		if (t->dropping)
 			inline_header_removed_event(s);
+		/* RFC 8460 §5.3 / ANCHORS RPT-07: report mail stays out of reports. */
+		if (n > 18 && strncasecmp(line, "TLS-Report-Domain:", 18) == 0)
+			t->report_mail = 1;
 	}
 	if (t->dropping) {
 		t->size += n;

@@ -35,6 +35,7 @@
 #include "relay/listener.h"
 #include "relay/metrics.h"
 #include "relay/log.h"
+#include "relay/policycmd.h"
 #include "relay/session.h"
 
 #define TLSRELAY_VERSION "0.1.0"
@@ -59,6 +60,7 @@ usage(void)
 	    "       tlsrelay -t [-c relay.ini]\n"
 	    "       tlsrelay report [--day YYYY-MM-DD] [--org NAME] [--contact URI] "
 	    "--out DIR LOG...\n"
+	    "       tlsrelay policy [-c relay.ini] DOMAIN\n"
 	    "       tlsrelay -V\n");
 	exit(2);
 }
@@ -390,6 +392,8 @@ main(int argc, char **argv)
 
 	if (argc > 1 && strcmp(argv[1], "report") == 0)
 		return report_main(argc - 1, argv + 1);
+	if (argc > 1 && strcmp(argv[1], "policy") == 0)
+		return policy_main(argc - 1, argv + 1);
 	while ((c = getopt(argc, argv, "c:dftV")) != -1) {
 		switch (c) {
 		case 'c': path = optarg; break;

@@ -19,14 +19,6 @@
 #include "relay/route.h"
 #include "relay/session.h"
 
-/* What the MTA-STS lookup said, kept for the route's lifetime. */
-struct route_sts {
-	int status;                     /* enum mtasts_status */
-	int has_policy;                 /* policy is valid (mode may be none) */
-	struct sts_policy policy;
-	const char *failure;            /* RFC 8460 type of a failed fetch, or NULL */
-	char detail[MTASTS_DETAIL_MAX];
-};
 
 long long
 route_ms_since(const struct timeval *t)
@@ -128,6 +120,8 @@ route_delivery_event(struct session *s, const struct upstream_target *t,
 	evlog_str(e, "tls_cipher", v ? upstream_tls_cipher(up) : "");
 	evlog_str(e, "peer_cert_sha256", up ? upstream_peer_sha256(up) : "");
 	evlog_bool(e, "connection_reused", up && upstream_uses(up) > 1);
+	if (s->txn != NULL && s->txn->report_mail)
+		evlog_bool(e, "report_mail", 1);
 	evlog_str(e, "outcome", outcome);
 	evlog_int(e, "code", code);
 	evlog_str(e, "smtp_reply", reply);
@@ -198,15 +192,6 @@ route_verify_names(struct upstream_target *t, const char *domain, const char *mx
 	snprintf(t->verify_names[t->nverify++], sizeof(t->verify_names[0]), "%s", mxhost);
 }
 
-/* The policy one MX host gets (see route.h for the order of precedence). */
-struct route_host {
-	enum tls_level level;           /* TLS_LEVEL_INVALID: do not use the host */
-	const char *why;                /* RFC 8460 type when refused */
-	const char *detail;
-	const struct sts_policy *sts;   /* MTA-STS policy applied (enforce or testing) */
-	int sts_testing;
-	const char *sts_failure;        /* testing: what enforce would have refused */
-};
 
 static void
 route_host_sts(const struct route_sts *sts, const char *mxhost, struct route_host *hp)
@@ -231,8 +216,8 @@ route_host_sts(const struct route_sts *sts, const char *mxhost, struct route_hos
 		hp->level = TLS_VERIFY;
 }
 
-static void
-route_host_policy(const struct session *s, enum tls_level level, const struct mx_host *h,
+void
+route_host_policy(const struct route_sts *sts, enum tls_level level, const struct mx_host *h,
     const struct dane_host *d, struct route_host *hp)
 {
 	enum dane_state st = d ? d->state : DANE_NONE;
@@ -258,8 +243,8 @@ route_host_policy(const struct session *s, enum tls_level level, const struct mx
 	/* DANE-06: an unusable TLSA RRset still makes TLS mandatory. */
 	if (st == DANE_UNUSABLE && hp->level < TLS_ENCRYPT)
 		hp->level = TLS_ENCRYPT;
-	if (s->sts != NULL && s->sts->has_policy && s->sts->policy.mode != STS_MODE_NONE)
-		route_host_sts(s->sts, h->name, hp);
+	if (sts != NULL && sts->has_policy && sts->policy.mode != STS_MODE_NONE)
+		route_host_sts(sts, h->name, hp);
 }
 
 /* A host that cannot be used: its delivery event (TLS-RPT sees the failure). */
@@ -327,7 +312,7 @@ route_targets(struct session *s, const struct mx_route *r, const char **why)
 		}
 		if (r->hosts[i].naddr == 0)
 			continue;
-		route_host_policy(s, s->route_level, &r->hosts[i], d, &hp);
+		route_host_policy(s->sts, s->route_level, &r->hosts[i], d, &hp);
 		if (hp.level == TLS_LEVEL_INVALID) {
 			route_host_refused(s, &r->hosts[i], d, &hp);
 			*why = hp.why;
@@ -374,18 +359,18 @@ route_dane_cb(void *arg, const struct mx_route *r, struct dane_result *res)
  * that is weaker, and DANE (when published) also satisfies the levels that
  * demand authentication.
  */
-static enum tls_level
-route_static_level(struct session *s, int *want_dane)
+enum tls_level
+route_static_level(const struct relay_config *cfg, const struct whitelist *wl,
+    const char *domain, const char **source, int *want_dane)
 {
-	const char *domain = s->txn->domain;
 	enum tls_level level;
 
-	level = tls_level_static(s->cfg->default_level, route_domain_level(s->cfg, domain),
-	    whitelist_match(s->listener->whitelist, domain), &s->level_source);
-	if (s->cfg->dane && strcmp(s->level_source, "default") == 0 && level < TLS_DANE)
+	level = tls_level_static(cfg->default_level, route_domain_level(cfg, domain),
+	    whitelist_match(wl, domain), source);
+	if (cfg->dane && strcmp(*source, "default") == 0 && level < TLS_DANE)
 		level = TLS_DANE;
 	*want_dane = level == TLS_DANE || level == TLS_DANE_ONLY ||
-	    (s->cfg->dane && level != TLS_NONE);
+	    (cfg->dane && level != TLS_NONE);
 	return level;
 }
 
@@ -404,7 +389,8 @@ route_decide(struct session *s)
 		inline_answer(s, 451, "4.7.5", text);
 		return;
 	}
-	s->route_level = route_static_level(s, &want_dane);
+	s->route_level = route_static_level(s->cfg, s->listener->whitelist, s->txn->domain,
+	    &s->level_source, &want_dane);
 	dane_result_free(&s->dane);
 	if (want_dane && dane_needed(s->route)) {
 		s->dane_l = dane_lookup(s->listener->resolver, s->route, s->cfg->port,

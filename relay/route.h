@@ -21,9 +21,47 @@
 
 #include <sys/time.h>
 
+#include "policy/dane.h"
+#include "policy/level.h"
+#include "policy/mtasts.h"
+#include "policy/mx.h"
+
+struct relay_config;
 struct session;
 struct upstream;
 struct upstream_target;
+struct whitelist;
+
+/* What the MTA-STS lookup said, kept for the route's lifetime. */
+struct route_sts {
+	int status;                     /* enum mtasts_status */
+	int has_policy;                 /* policy is valid (mode may be none) */
+	struct sts_policy policy;
+	const char *failure;            /* RFC 8460 type of a failed fetch, or NULL */
+	char detail[MTASTS_DETAIL_MAX];
+};
+
+/* The policy one MX host gets (the order of precedence above). */
+struct route_host {
+	enum tls_level level;           /* TLS_LEVEL_INVALID: do not use the host */
+	const char *why;                /* RFC 8460 type when refused */
+	const char *detail;
+	const struct sts_policy *sts;   /* MTA-STS policy applied (enforce or testing) */
+	int sts_testing;
+	const char *sts_failure;        /* testing: what enforce would have refused */
+};
+
+/*
+ * route_static_level - the level before DANE and MTA-STS (default,
+ * [domain:], whitelist; [outbound] dane = yes raises a weaker default to
+ * dane); *source names the winner, *want_dane whether TLSA is looked up.
+ */
+enum tls_level route_static_level(const struct relay_config *cfg, const struct whitelist *wl,
+    const char *domain, const char **source, int *want_dane);
+
+/* route_host_policy - the level one MX host gets, given its TLSA and the STS policy. */
+void route_host_policy(const struct route_sts *sts, enum tls_level level,
+    const struct mx_host *h, const struct dane_host *d, struct route_host *hp);
 
 void route_start(struct session *s);
 /* route_cancel - drop every lookup in flight and the route's state. */

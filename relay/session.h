@@ -70,6 +70,7 @@ struct txn {
 	struct datascan ds;
 	int in_headers;                       /* still in the header section */
 	int dropping;                         /* inside a header field being removed */
+	int report_mail;                      /* a TLS report (TLS-Report-Domain: header) */
 	size_t size;                          /* message bytes received */
 	enum discard_reason discard;
 	struct smtp_err discard_err;

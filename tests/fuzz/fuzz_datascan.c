@@ -107,6 +107,9 @@ ds_check_event(const char *s, size_t n, const struct ds_event *e)
 	case DS_LINE_TOO_LONG:
 		CHECK(e->off < n);
 		break;
+	case DS_NUL:
+		CHECK(e->off < n && s[e->off] == '\0');
+		break;
 	case DS_NEED_MORE:
 		CHECK(e->off == n);
 		break;

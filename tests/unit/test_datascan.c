@@ -44,7 +44,8 @@ static const struct ds_case ds_cases[] = {
 	{ "pipelined after end", S("a\r\n.\r\nQUIT\r\n"), 0, "END@6" },
 	{ "header body", S("hdr\r\n\r\n.\r\n\r\n"), 0, "END@10" },
 	{ "dot x line", S("a\r\n.x\r\n.\r\n"), 0, "END@10" },
-	{ "NUL in body", S("a\0b\r\n.\r\n"), 0, "END@8" },
+	/* RFC 6152 §2: NUL is never allowed (a next hop dropping it could be smuggled to). */
+	{ "NUL in body", S("a\0b\r\n.\r\n"), 0, "NUL@1" },
 	{ "8-bit body", S("\xff\r\n.\r\n"), 0, "END@6" },
 	{ "no input", S(""), 0, "MORE" },
 	{ "dot pending", S("a\r\n."), 0, "MORE" },
@@ -114,6 +115,9 @@ ds_chunk(struct datascan *ds, const char *p, size_t n, size_t base, char *tr)
 			return 1;
 		case DS_BARE_CR:
 			tr_add(tr, "CR", base + pos + used);
+			return 1;
+		case DS_NUL:
+			tr_add(tr, "NUL", base + pos + used);
 			return 1;
 		}
 	}
