@@ -1290,7 +1290,8 @@ mtasts_event(const struct mtasts_job *j, const struct mtasts_result *r)
 
 	evlog_str(ev, "policy_type", "sts");
 	evlog_str(ev, "policy_domain", j->e->domain);
-	evlog_str(ev, "result", r->failure != NULL ? "failure" : "success");
+	evlog_str(ev, "result", r->failure != NULL ||
+	    strcmp(mtasts_outcome(j, r), "failure") == 0 ? "failure" : "success");
 	evlog_str(ev, "domain", j->e->domain);
 	evlog_str(ev, "id", j->txt_id[0] ? j->txt_id : r->id);
 	evlog_str(ev, "outcome", mtasts_outcome(j, r));

@@ -109,6 +109,7 @@ struct relay_config {
 	/* [listener:*], [domain:*] */
 	struct listener_config *listeners;
 	struct domain_config *domains;
+	struct relay_config *next_old;  /* main.c: configurations replaced by SIGHUP */
 };
 
 /* config_load - read path; NULL after printing file:line errors to stderr. */

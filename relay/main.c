@@ -39,9 +39,11 @@
 #include "relay/session.h"
 
 #define TLSRELAY_VERSION "0.1.0"
+#define RELAY_RELOAD_MAX 64             /* listeners a SIGHUP can reload */
 
 struct relay {
 	struct relay_config *cfg;
+	struct relay_config *old_cfgs;  /* replaced by SIGHUP, still used by sessions */
 	struct event_base *base;
 	SSL_CTX *client_ctx;
 	struct resolver *resolver;
@@ -139,31 +141,117 @@ relay_on_term(struct relay *r)
 	evtimer_add(r->deadline, &tv);
 }
 
+static void
+relay_reload_event(const char *result, const char *error, const struct whitelist *wl)
+{
+	struct evline *e = evlog_begin("reload", "");
+
+	evlog_str(e, "what", "configuration");
+	evlog_str(e, "result", result);
+	if (error != NULL)
+		evlog_str(e, "error", error);
+	evlog_int(e, "whitelist_domains", (long long)whitelist_count(wl));
+	evlog_end(e);
+	if (error != NULL)
+		log_msg(LOG_ERR, "reload failed, the running configuration stays: %s", error);
+	else
+		log_msg(LOG_INFO, "reloaded (whitelist: %zu domains)", whitelist_count(wl));
+}
+
+/* Listeners must keep their names, modes and addresses: sockets stay bound. */
+static int
+relay_same_listeners(const struct relay_config *a, const struct relay_config *b)
+{
+	const struct listener_config *x = a->listeners, *y = b->listeners;
+
+	for (; x != NULL && y != NULL; x = x->next, y = y->next)
+		if (strcmp(x->name, y->name) != 0 || x->mode != y->mode || x->naddrs != y->naddrs ||
+		    memcmp(x->addrs, y->addrs, x->naddrs * sizeof(x->addrs[0])) != 0)
+			return 0;
+	return x == NULL && y == NULL;
+}
+
+/* The new certificates, keys and whitelist; all of them or nothing. */
+static int
+relay_reload_load(struct relay *r, struct relay_config *cfg, SSL_CTX **ctxs,
+    struct whitelist **wl, char *err, size_t errlen)
+{
+	const struct listener_config *lc;
+	size_t i = 0;
+
+	for (lc = cfg->listeners; lc != NULL; lc = lc->next, i++) {
+		if (i == RELAY_RELOAD_MAX) {
+			snprintf(err, errlen, "more than %d listeners", RELAY_RELOAD_MAX);
+			return -1;
+		}
+		if (lc->tls_cert == NULL)
+			continue;
+		ctxs[i] = tlsctx_server_new(lc->tls_cert, lc->tls_key, lc->tls_min_version, err, errlen);
+		if (ctxs[i] == NULL || (lc->tls_ask_client_cert && tlsctx_server_ask_client_cert(
+		    ctxs[i], lc->tls_client_ca ? lc->tls_client_ca : cfg->ca_file, err, errlen) < 0))
+			return -1;
+	}
+	if (cfg->whitelist_file != NULL && ((*wl = whitelist_new()) == NULL ||
+	    whitelist_load(*wl, cfg->whitelist_file, err, errlen) < 0))
+		return -1;
+	(void)r;
+	return 0;
+}
+
+/* Hand the new configuration to the listeners: new sessions use it. */
+static void
+relay_reload_commit(struct relay *r, struct relay_config *cfg, SSL_CTX **ctxs,
+    struct whitelist *wl)
+{
+	struct listener *l;
+	const struct listener_config *lc = cfg->listeners;
+	size_t i = 0;
+
+	for (l = r->listeners; l != NULL; l = l->next, lc = lc->next, i++) {
+		SSL_CTX_free(l->server_ctx);     /* open sessions hold their own reference */
+		l->server_ctx = ctxs[i];
+		l->cfg = cfg;
+		l->lc = lc;
+		l->whitelist = wl;
+	}
+	whitelist_free(&r->whitelist);
+	r->whitelist = wl;
+	/* Sessions keep pointers into the old configuration: it lives until exit. */
+	r->cfg->next_old = r->old_cfgs;
+	r->old_cfgs = r->cfg;
+	r->cfg = cfg;
+}
+
 /*
- * SIGHUP: reload the whitelist; sessions go on.  A broken file keeps the
- * old list (whitelist_load replaces it only after a complete parse).
- * Other settings need a restart for now.
+ * SIGHUP: re-read relay.ini, certificates, keys and the whitelist; new
+ * sessions use them, open sessions go on with what they started with.  A
+ * broken file, an unreadable key or changed listener addresses keep the
+ * running configuration (and say why).  DNS, MTA-STS and outbound CA
+ * settings are read at start-up only.
  */
 static void
 relay_reload(struct relay *r)
 {
-	char err[512];
-	struct evline *e;
-	int rc = 0;
+	char err[512] = "";
+	struct relay_config *cfg = config_load(r->cfg->path);
+	SSL_CTX *ctxs[RELAY_RELOAD_MAX] = { NULL };
+	struct whitelist *wl = NULL;
+	size_t i;
 
-	if (r->whitelist != NULL)
-		rc = whitelist_load(r->whitelist, r->cfg->whitelist_file, err, sizeof(err));
-	e = evlog_begin("reload", "");
-	evlog_str(e, "what", "whitelist");
-	evlog_str(e, "result", rc == 0 ? "success" : "failure");
-	if (rc < 0)
-		evlog_str(e, "error", err);
-	evlog_int(e, "whitelist_domains", (long long)whitelist_count(r->whitelist));
-	evlog_end(e);
-	if (rc < 0)
-		log_msg(LOG_ERR, "reload: %s (keeping the previous whitelist)", err);
-	else
-		log_msg(LOG_INFO, "reload: whitelist has %zu domains", whitelist_count(r->whitelist));
+	if (cfg == NULL)
+		snprintf(err, sizeof(err), "%s has errors (see the log on stderr)", r->cfg->path);
+	else if (!relay_same_listeners(r->cfg, cfg))
+		snprintf(err, sizeof(err), "listener names, modes or addresses changed: restart");
+	else if (relay_reload_load(r, cfg, ctxs, &wl, err, sizeof(err)) == 0) {
+		relay_reload_commit(r, cfg, ctxs, wl);
+		relay_reload_event("success", NULL, r->whitelist);
+		return;
+	}
+	for (i = 0; i < sizeof(ctxs) / sizeof(ctxs[0]); i++)
+		SSL_CTX_free(ctxs[i]);
+	whitelist_free(&wl);
+	config_free(&cfg);
+	relay_reload_event("failure", err, r->whitelist);
 }
 
 static void
@@ -324,6 +412,7 @@ static void
 relay_free(struct relay *r)
 {
 	struct listener *l;
+	struct relay_config *old;
 	size_t i;
 
 	session_close_all("shutdown");
@@ -346,6 +435,10 @@ relay_free(struct relay *r)
 	if (r->cfg->pidfile != NULL)
 		unlink(r->cfg->pidfile);
 	config_free(&r->cfg);
+	while ((old = r->old_cfgs) != NULL) {
+		r->old_cfgs = old->next_old;
+		config_free(&old);
+	}
 	evlog_close();
 }
 

@@ -379,13 +379,14 @@ static void
 route_decide(struct session *s)
 {
 	int want_dane;
-	char text[300];
+	char text[400];
 
 	if (s->sts != NULL && s->sts->status == MTASTS_TEMPFAIL) {
-		route_delivery_event(s, NULL, NULL, "deferred", "sts-policy-fetch-error", 451,
+		s->sts->failure = "sts-policy-fetch-error";
+		route_delivery_event(s, NULL, NULL, "deferred", s->sts->failure, 451,
 		    s->sts->detail);
-		snprintf(text, sizeof(text), "Error: cannot look up the MTA-STS policy of %s",
-		    s->txn->domain);
+		snprintf(text, sizeof(text), "Error: %s: cannot look up the MTA-STS policy of %s",
+		    s->sts->failure, s->txn->domain);
 		inline_answer(s, 451, "4.7.5", text);
 		return;
 	}
@@ -512,6 +513,7 @@ route_start(struct session *s)
 			inline_answer(s, 451, "4.3.0", "Error: cannot connect to next hop");
 		return;
 	}
+	gettimeofday(&s->up_start, NULL);   /* events before any connection time from here */
 	s->route_wait = 1;
 	if (s->listener->resolver != NULL)
 		s->mx = mx_lookup(s->listener->resolver, s->txn->domain, route_mx_cb, s);

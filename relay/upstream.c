@@ -419,8 +419,9 @@ up_tls_done(struct upstream *up)
 		/* OpenSSL refused every record: unusable after all (DANE-05/06). */
 		log_msg(LOG_INFO, "%s %s: no TLSA record usable by OpenSSL", up->p.session,
 		    up->t.host);
-	} else if (up->t.sts_testing && v != X509_V_OK) {
-		/* RFC 8461 §5: testing delivers anyway; the failure is reported. */
+	} else if (up->t.sts_testing && v != X509_V_OK && !tls_must_verify(up->level)) {
+		/* RFC 8461 §5: testing delivers anyway (unless the level itself
+		 * demands verification); the failure is reported. */
 		up->sts_failure = tlsctx_result_type(v);
 	} else if (tls_must_verify(up->level) && v != X509_V_OK) {
 		up_fail(up, "tls", tlsctx_result_type(v), "4.7.5",
