@@ -341,12 +341,46 @@ route_go(struct session *s)
 	inline_answer(s, 451, "4.7.5", text);
 }
 
+/* One policy_fetch event per TLSA lookup (issue 7: every policy lookup is logged). */
+static void
+route_dane_events(struct session *s, const struct mx_route *r, const struct dane_result *res)
+{
+	const char *strs[DANE_MAX_RECS];
+	const struct dane_host *d;
+	struct evline *e;
+	size_t i, j;
+
+	for (i = 0; i < res->nhosts; i++) {
+		if (!r->hosts[i].addr_secure || r->hosts[i].naddr == 0)
+			continue;           /* not looked up (RFC 7672 §2.2.1) */
+		d = &res->hosts[i];
+		for (j = 0; j < d->n; j++)
+			strs[j] = d->recs[j].text;
+		e = evlog_begin("policy_fetch", s->id);
+		evlog_str(e, "policy_type", "tlsa");
+		evlog_str(e, "policy_domain", s->txn->domain);
+		evlog_str(e, "mx_host", r->hosts[i].name);
+		evlog_str(e, "tlsa_base", d->base);
+		evlog_strarr(e, "policy_string", strs, d->n);
+		evlog_str(e, "dane", dane_state_name(d->state));
+		evlog_str(e, "result", d->state == DANE_FAIL || d->state == DANE_UNUSABLE ?
+		    "failure" : "success");
+		if (d->state == DANE_FAIL)
+			evlog_str(e, "result_type", "dnssec-invalid");
+		else if (d->state == DANE_UNUSABLE)
+			evlog_str(e, "result_type", "tlsa-invalid");
+		if (d->detail[0] != '\0')
+			evlog_str(e, "detail", d->detail);
+		evlog_end(e);
+	}
+}
+
 static void
 route_dane_cb(void *arg, const struct mx_route *r, struct dane_result *res)
 {
 	struct session *s = arg;
 
-	(void)r;
+	route_dane_events(s, r, res);
 	s->dane_l = NULL;
 	dane_result_free(&s->dane);
 	s->dane = res;
