@@ -5,7 +5,10 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <stdlib.h>
+
 #include <openssl/err.h>
+#include <openssl/sha.h>
 #include <openssl/x509v3.h>
 
 #include "certs/tlsctx.h"
@@ -16,6 +19,8 @@
 	"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:" \
 	"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:" \
 	"DHE-RSA-AES256-GCM-SHA384:DHE-RSA-AES128-GCM-SHA256"
+
+static void tlsctx_client_cache(SSL_CTX *ctx);
 
 void
 tlsctx_errors(char *buf, size_t len)
@@ -133,9 +138,107 @@ tlsctx_client_new(const char *ca_file, char *err, size_t errlen)
 	if (ca_file == NULL && SSL_CTX_set_default_verify_paths(ctx) != 1)
 		return tlsctx_fail(ctx, "cannot load default CA paths", NULL, err, errlen);
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+	tlsctx_client_cache(ctx);
 	if (SSL_CTX_dane_enable(ctx) <= 0)
 		return tlsctx_fail(ctx, "SSL_CTX_dane_enable", NULL, err, errlen);
 	return ctx;
+}
+
+/*
+ * Client session cache: one process-wide table of SSL_SESSIONs, keyed by a
+ * digest of everything the session was verified under (address, names,
+ * level, TLSA records), so a resumed session never crosses policies
+ * (ANCHORS DANE-11; Postfix keys its cache the same way).  TLS 1.3 tickets
+ * arrive after the handshake, hence the new-session callback.
+ */
+#define TLSCTX_CACHE_SLOTS 512
+
+static struct {
+	char key[65];
+	SSL_SESSION *sess;
+} tlsctx_cache[TLSCTX_CACHE_SLOTS];
+static int tlsctx_key_idx = -1;
+
+static void
+tlsctx_key_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
+{
+	(void)parent;
+	(void)ad;
+	(void)idx;
+	(void)argl;
+	(void)argp;
+	free(ptr);
+}
+
+static size_t
+tlsctx_slot(const char *key)
+{
+	unsigned long h = 2166136261UL;
+
+	for (; *key != '\0'; key++)
+		h = (h ^ (unsigned char)*key) * 16777619UL;
+	return h % TLSCTX_CACHE_SLOTS;
+}
+
+static int
+tlsctx_new_session(SSL *ssl, SSL_SESSION *sess)
+{
+	const char *key = SSL_get_ex_data(ssl, tlsctx_key_idx);
+	size_t i;
+
+	if (key == NULL || !SSL_SESSION_is_resumable(sess))
+		return 0;
+	i = tlsctx_slot(key);
+	if (tlsctx_cache[i].sess != NULL)
+		SSL_SESSION_free(tlsctx_cache[i].sess);
+	snprintf(tlsctx_cache[i].key, sizeof(tlsctx_cache[i].key), "%s", key);
+	tlsctx_cache[i].sess = sess;
+	return 1;       /* we keep the reference */
+}
+
+static void
+tlsctx_client_cache(SSL_CTX *ctx)
+{
+	if (tlsctx_key_idx < 0)
+		tlsctx_key_idx = SSL_get_ex_new_index(0, NULL, NULL, NULL, tlsctx_key_free);
+	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT |
+	    SSL_SESS_CACHE_NO_INTERNAL_STORE);
+	SSL_CTX_sess_set_new_cb(ctx, tlsctx_new_session);
+}
+
+int
+tlsctx_client_resume(SSL *ssl, const char *policy)
+{
+	unsigned char md[SHA256_DIGEST_LENGTH];
+	char *key = malloc(65);
+	size_t i;
+
+	if (key == NULL || tlsctx_key_idx < 0)
+		goto fail;
+	SHA256((const unsigned char *)policy, strlen(policy), md);
+	for (i = 0; i < sizeof(md); i++)
+		snprintf(key + i * 2, 3, "%02x", md[i]);
+	if (SSL_set_ex_data(ssl, tlsctx_key_idx, key) != 1)
+		goto fail;
+	i = tlsctx_slot(key);
+	if (tlsctx_cache[i].sess != NULL && strcmp(tlsctx_cache[i].key, key) == 0)
+		SSL_set_session(ssl, tlsctx_cache[i].sess);
+	return 0;
+fail:
+	free(key);
+	return -1;
+}
+
+void
+tlsctx_client_cache_flush(void)
+{
+	size_t i;
+
+	for (i = 0; i < TLSCTX_CACHE_SLOTS; i++) {
+		if (tlsctx_cache[i].sess != NULL)
+			SSL_SESSION_free(tlsctx_cache[i].sess);
+		tlsctx_cache[i].sess = NULL;
+	}
 }
 
 /* RFC 8460 §4.3.2: certificate failures, from X509_V_ERR_* (x509_vfy.h). */

@@ -40,6 +40,15 @@ void tlsctx_peer_names(SSL *ssl, char *subject, char *issuer, size_t len);
 SSL_CTX *tlsctx_client_new(const char *ca_file, char *err, size_t errlen);
 
 /*
+ * tlsctx_client_resume - before the handshake: offer the session cached for
+ * this exact policy (a string naming address, names, level, TLSA records),
+ * and have the new session stored under it.  0, or -1 without resumption.
+ */
+int tlsctx_client_resume(SSL *ssl, const char *policy);
+/* tlsctx_client_cache_flush - free the cached sessions (at exit). */
+void tlsctx_client_cache_flush(void);
+
+/*
  * tlsctx_result_type - RFC 8460 §4.3 result type for a failed verification:
  * certificate-host-mismatch, certificate-expired, certificate-not-trusted,
  * or validation-failure.

@@ -31,6 +31,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -798,33 +799,102 @@ report_write_gz(const char *tmp, const char *path, const char *text)
 	return 0;
 }
 
-/*
- * RFC 8460 §5.3: filename = sender "!" policy-domain "!" begin-timestamp
- * "!" end-timestamp [ "!" unique-id ] "." extension, the timestamps in
- * seconds since the epoch.  Written, then its path printed.  0 or -1.
- */
+/* text gzip'd into o->out under its file name, whose path is printed.  0 or -1. */
 static int
-report_write(const struct report_opts *o, const char *domain, json_t *dom)
+report_write(const struct report_opts *o, const char *name, const char *text)
 {
-	char uid[17], path[REPORT_PATH_MAX], tmp[REPORT_PATH_MAX], *text;
-	json_t *report;
-	int n, rc = -1;
+	char path[REPORT_PATH_MAX], tmp[REPORT_PATH_MAX];
 
-	report_unique_id(uid);
-	n = snprintf(path, sizeof(path), "%s/%s!%s!%lld!%lld!%s.json.gz", o->out, o->submitter,
-	    domain, (long long)o->start, (long long)o->start + REPORT_DAY - 1, uid);
-	if (n < 0 || (size_t)n >= sizeof(path) ||
-	    snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", o->out, path + strlen(o->out) + 1) >=
-	    (int)sizeof(tmp)) {
+	if (snprintf(path, sizeof(path), "%s/%s", o->out, name) >= (int)sizeof(path) ||
+	    snprintf(tmp, sizeof(tmp), "%s/.%s.tmp", o->out, name) >= (int)sizeof(tmp)) {
 		report_err("%s: output path too long", o->out);
 		return -1;
 	}
+	if (report_write_gz(tmp, path, text) < 0)
+		return -1;
+	printf("%s\n", path);
+	return 0;
+}
+
+/* text gzip'd in memory (RFC 1952) into a new *out.  0, or -1 out of memory. */
+static int
+report_gzip(const char *text, unsigned char **out, size_t *outlen)
+{
+	size_t len = strlen(text), cap;
+	unsigned char *buf;
+	z_stream z;
+	int rc;
+
+	memset(&z, 0, sizeof(z));
+	if (deflateInit2(&z, 9, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+		return -1;
+	cap = deflateBound(&z, (uLong)len);
+	if ((buf = malloc(cap)) == NULL) {
+		deflateEnd(&z);
+		return -1;
+	}
+	z.next_in = (Bytef *)(uintptr_t)text;
+	z.avail_in = (uInt)len;
+	z.next_out = buf;
+	z.avail_out = (uInt)cap;
+	rc = deflate(&z, Z_FINISH);
+	*outlen = z.total_out;
+	deflateEnd(&z);
+	if (rc != Z_STREAM_END) {
+		free(buf);
+		return -1;
+	}
+	*out = buf;
+	return 0;
+}
+
+/* The report handed to report_send (which copies it).  0 or -1. */
+static int
+report_queue(struct report_send *rs, const char *domain, const char *name, json_t *report,
+    const char *text)
+{
+	struct report_send_item it = { .domain = domain, .filename = name,
+	    .report_id = json_string_value(json_object_get(report, "report-id")) };
+	unsigned char *gz = NULL;
+	int rc = -1;
+
+	if (report_gzip(text, &gz, &it.gzlen) == 0) {
+		it.gz = gz;
+		rc = report_send_add(rs, &it);
+	}
+	free(gz);
+	if (rc < 0)
+		report_err("out of memory");
+	return rc;
+}
+
+/*
+ * One domain's report: written to --out, queued for --send (rs), or both,
+ * under its RFC 8460 §5.3 name: filename = sender "!" policy-domain "!"
+ * begin-timestamp "!" end-timestamp [ "!" unique-id ] "." extension, the
+ * timestamps in seconds since the epoch.  0 or -1.
+ */
+static int
+report_emit(const struct report_opts *o, struct report_send *rs, const char *domain,
+    json_t *dom)
+{
+	char uid[17], name[REPORT_PATH_MAX], *text = NULL;
+	json_t *report;
+	int rc = -1;
+
+	report_unique_id(uid);
+	snprintf(name, sizeof(name), "%s!%s!%lld!%lld!%s.json.gz", o->submitter, domain,
+	    (long long)o->start, (long long)o->start + REPORT_DAY - 1, uid);
 	report = report_json(o, domain, dom, uid);
 	text = report != NULL ? json_dumps(report, JSON_INDENT(2)) : NULL;
-	if (text == NULL)
+	if (text == NULL) {
 		report_err("out of memory");
-	else if ((rc = report_write_gz(tmp, path, text)) == 0)
-		printf("%s\n", path);
+		goto out;
+	}
+	rc = o->out != NULL ? report_write(o, name, text) : 0;
+	if (rc == 0 && rs != NULL)
+		rc = report_queue(rs, domain, name, report, text);
+out:
 	free(text);
 	json_decref(report);
 	return rc;
@@ -832,16 +902,28 @@ report_write(const struct report_opts *o, const char *domain, json_t *dom)
 
 /* ---- command line ----------------------------------------------------- */
 
+/* The default submitter: [relay] hostname of -c (lower-cased), else ours. */
+static void
+report_default_submitter(struct report_opts *o)
+{
+	size_t i;
+
+	if (o->cfg != NULL && o->cfg->hostname != NULL)
+		snprintf(o->host, sizeof(o->host), "%s", o->cfg->hostname);
+	else if (gethostname(o->host, sizeof(o->host) - 1) < 0)
+		o->host[0] = '\0';
+	for (i = 0; o->host[i] != '\0'; i++)
+		o->host[i] = (char)tolower((unsigned char)o->host[i]);
+	o->submitter = o->host;
+}
+
 static int
 report_opts_defaults(struct report_opts *o)
 {
 	char dom[REPORT_DOMAIN_MAX + 1];
 
-	if (o->submitter == NULL) {
-		if (gethostname(o->host, sizeof(o->host) - 1) < 0)
-			o->host[0] = '\0';
-		o->submitter = o->host;
-	}
+	if (o->submitter == NULL)
+		report_default_submitter(o);
 	if (report_domain(o->submitter, dom) < 0 || strcmp(dom, o->submitter) != 0) {
 		report_err("submitter \"%s\" is not a lower-case domain name; use --submitter",
 		    o->submitter);
@@ -877,52 +959,101 @@ report_opts_day(struct report_opts *o, const char *day)
 static const struct option report_options[] = {
 	{ "day", required_argument, NULL, 'd' },
 	{ "org", required_argument, NULL, 'o' },
-	{ "contact", required_argument, NULL, 'c' },
+	{ "contact", required_argument, NULL, 'C' },
 	{ "submitter", required_argument, NULL, 's' },
 	{ "out", required_argument, NULL, 'O' },
+	{ "config", required_argument, NULL, 'c' },
+	{ "send", no_argument, NULL, 'S' },
+	{ "submit", required_argument, NULL, 'u' },
+	{ "from", required_argument, NULL, 'f' },
+	{ "timeout", required_argument, NULL, 't' },
 	{ "help", no_argument, NULL, 'h' },
 	{ NULL, 0, NULL, 0 },
 };
+
+/* One recognised option into o.  0, or -1 on a bad value (reported). */
+static int
+report_opt(struct report_opts *o, int c, const char *arg, const char **day)
+{
+	char *end;
+	long v;
+
+	switch (c) {
+	case 'd': *day = arg; break;
+	case 'o': o->org = arg; break;
+	case 'C': o->contact = arg; break;
+	case 's': o->submitter = arg; break;
+	case 'O': o->out = arg; break;
+	case 'c': o->config = arg; break;
+	case 'S': o->send = 1; break;
+	case 'u': o->submit = arg; break;
+	case 'f': o->from = arg; break;
+	case 't':
+		v = strtol(arg, &end, 10);
+		if (*arg == '\0' || *end != '\0' || v < 1 || v > 3600) {
+			report_err("--timeout %s: not a number of seconds (1..3600)", arg);
+			return -1;
+		}
+		o->timeout = (int)v;
+		break;
+	}
+	return 0;
+}
+
+/* What the options ask for is possible.  0, or 1 (reported). */
+static int
+report_opts_check(struct report_opts *o)
+{
+	struct stat st;
+
+	if ((o->out == NULL && !o->send) || o->nfiles == 0) {
+		report_err(o->nfiles > 0 || o->out == NULL ? "--out DIR is required (or --send)" :
+		    "no LOGFILE given");
+		report_usage(stderr);
+		return 1;
+	}
+	if (!o->send && (o->submit != NULL || o->from != NULL || o->timeout != 0)) {
+		report_err("--submit, --from and --timeout need --send");
+		return 1;
+	}
+	if (o->out != NULL && stat(o->out, &st) < 0) {
+		report_err("--out %s: %s", o->out, strerror(errno));
+		return 1;
+	}
+	if (o->out != NULL && !S_ISDIR(st.st_mode)) {
+		report_err("--out %s: not a directory", o->out);
+		return 1;
+	}
+	/* config_load prints every error as file:line. */
+	return o->config != NULL && (o->cfg = config_load(o->config)) == NULL;
+}
 
 /* 0 run, 1 usage error (reported), 2 --help (printed). */
 static int
 report_opts_parse(struct report_opts *o, int argc, char **argv)
 {
 	const char *day = NULL;
-	struct stat st;
 	int c;
 
 	optind = 0;     /* glibc: a full reset, so report_main may run twice */
 	opterr = 0;
-	while ((c = getopt_long(argc, argv, "h", report_options, NULL)) != -1) {
-		switch (c) {
-		case 'd': day = optarg; break;
-		case 'o': o->org = optarg; break;
-		case 'c': o->contact = optarg; break;
-		case 's': o->submitter = optarg; break;
-		case 'O': o->out = optarg; break;
-		case 'h': report_usage(stdout); return 2;
-		default:
+	while ((c = getopt_long(argc, argv, "c:h", report_options, NULL)) != -1) {
+		if (c == 'h') {
+			report_usage(stdout);
+			return 2;
+		}
+		if (c == '?' || c == ':') {
 			report_err("bad option %s", argv[optind - 1]);
 			report_usage(stderr);
 			return 1;
 		}
+		if (report_opt(o, c, optarg, &day) < 0)
+			return 1;
 	}
 	o->files = argv + optind;
 	o->nfiles = argc - optind;
-	if (o->out == NULL || o->nfiles == 0) {
-		report_err(o->out == NULL ? "--out DIR is required" : "no LOGFILE given");
-		report_usage(stderr);
+	if (report_opts_check(o) != 0)
 		return 1;
-	}
-	if (stat(o->out, &st) < 0) {
-		report_err("--out %s: %s", o->out, strerror(errno));
-		return 1;
-	}
-	if (!S_ISDIR(st.st_mode)) {
-		report_err("--out %s: not a directory", o->out);
-		return 1;
-	}
 	return report_opts_day(o, day) < 0 || report_opts_defaults(o) < 0;
 }
 
@@ -938,31 +1069,69 @@ report_summary(const struct report_opts *o, const struct report_agg *agg)
 	    agg->outside, agg->unusable, agg->unparsable);
 }
 
+/* --send: the sender, set up before any log is read.  NULL on error (reported). */
+static struct report_send *
+report_sender(const struct report_opts *o)
+{
+	struct report_send_opts so = { .cfg = o->cfg, .submit = o->submit, .from = o->from,
+	    .submitter = o->submitter, .timeout = o->timeout };
+	struct report_send *rs;
+	char err[512];
+
+	if ((rs = report_send_new(&so, err, sizeof(err))) == NULL)
+		report_err("%s", err);
+	return rs;
+}
+
+/* Read every log, then emit each domain's report.  0 or -1 (reported). */
+static int
+report_run(const struct report_opts *o, struct report_agg *agg, struct report_send *rs)
+{
+	const char **keys;
+	size_t i, n = 0;
+	int rc = 0;
+
+	for (i = 0; i < (size_t)o->nfiles && rc == 0; i++)
+		rc = report_read(agg, o->files[i]);
+	if (rc != 0)
+		return rc;
+	keys = report_keys(agg->domains, &n);
+	for (i = 0; i < n && rc == 0; i++)
+		rc = report_emit(o, rs, keys[i], json_object_get(agg->domains, keys[i]));
+	report_summary(o, agg);
+	free(keys);
+	return rc;
+}
+
 int
 report_main(int argc, char **argv)
 {
 	struct report_opts o;
 	struct report_agg agg;
-	const char **keys = NULL;
-	size_t i, n = 0;
-	int rc = 0;
+	struct report_send *rs = NULL;
+	int rc;
 
 	memset(&o, 0, sizeof(o));
 	memset(&agg, 0, sizeof(agg));
-	if ((rc = report_opts_parse(&o, argc, argv)) != 0)
+	if ((rc = report_opts_parse(&o, argc, argv)) != 0) {
+		config_free(&o.cfg);
 		return rc == 2 ? 0 : 1;
-	agg.start = o.start;
-	if ((agg.domains = json_object()) == NULL)
-		return report_err("out of memory"), 1;
-	for (i = 0; i < (size_t)o.nfiles && rc == 0; i++)
-		rc = report_read(&agg, o.files[i]);
-	if (rc == 0) {
-		keys = report_keys(agg.domains, &n);
-		for (i = 0; i < n && rc == 0; i++)
-			rc = report_write(&o, keys[i], json_object_get(agg.domains, keys[i]));
-		report_summary(&o, &agg);
 	}
-	free(keys);
+	agg.start = o.start;
+	rc = -1;
+	if (o.send && (rs = report_sender(&o)) == NULL)
+		goto out;
+	if ((agg.domains = json_object()) == NULL) {
+		report_err("out of memory");
+		goto out;
+	}
+	rc = report_run(&o, &agg, rs);
+	/* Nothing is sent unless every log was read and every report made. */
+	if (rc == 0 && rs != NULL)
+		rc = report_send_run(rs) == 0 ? 0 : -1;
+out:
+	report_send_free(&rs);
 	json_decref(agg.domains);
+	config_free(&o.cfg);
 	return rc == 0 ? 0 : 1;
 }

@@ -3,14 +3,22 @@
  * event log (DESIGN.md, "Event log contract"; ANCHORS §4.3 RPT-02..09).
  *
  *   tlsrelay report [--day YYYY-MM-DD] [--org NAME] [--contact URI]
- *                   [--submitter NAME] --out DIR LOGFILE...
+ *                   [--submitter NAME] [-c relay.ini] [--out DIR]
+ *                   [--send [--submit IP:PORT] [--from ADDRESS] [--timeout S]]
+ *                   LOGFILE...
  *
  * Reads event logs (LOGFILE "-" is stdin; gzip'd files are recognised by
  * their content, whatever their name), keeps the "delivery" events of one
- * UTC day (default: yesterday), and writes one gzip'd RFC 8460 §4.4 JSON
- * report per policy domain into DIR under its §5.3 file name
+ * UTC day (default: yesterday), and makes one RFC 8460 §4.4 JSON report per
+ * policy domain.  With --out DIR each is written gzip'd into DIR under its
+ * §5.3 file name
  *   submitter!policy-domain!begin-timestamp!end-timestamp!unique-id.json.gz
- * printing each path on stdout.
+ * and its path printed on stdout.  With --send each is delivered to the rua
+ * URIs of the domain's "_smtp._tls" TXT record (policy/report_send.h; one
+ * line per attempt on stdout); with --out and no --send nothing is sent.
+ * -c reads relay.ini: [dns] for the resolver, [outbound] ca_file and
+ * helo_name, the first smarthost listener as the default --submit, and
+ * [relay] hostname as the default --submitter.
  *
  * Counting rules: one delivery event is one TLS session, except events with
  * "connection_reused": true (a further message on a session already
@@ -19,10 +27,13 @@
  * and failures without a result_type (no TLS negotiation was reached:
  * connection refused, timeout; RFC 8460 has no result-type for them).
  * Unparsable lines and unusable deliveries are reported on stderr and never
- * fatal.  Nothing is written unless every LOGFILE was read.
+ * fatal.  Nothing is written or sent unless every LOGFILE was read.
  *
  * report_main returns the process exit status: 0 done (also when the day
- * had no deliveries), 1 usage or I/O error (a message is on stderr).
+ * had no deliveries, and with --send when every report reached every usable
+ * rua of its domain or the domain has no TLSRPT policy), 1 usage, I/O or
+ * configuration error, or a failed delivery or TXT lookup (a message is on
+ * stderr or a "failed" line on stdout).
  */
 #ifndef POLICY_REPORT_H
 #define POLICY_REPORT_H

@@ -218,7 +218,7 @@ cmd_mail_event(struct session *s)
 	struct evline *e = evlog_begin("mail", s->id);
 
 	evlog_str(e, "client_ip", s->peer_ip);
-	evlog_str(e, "from", s->txn->from.addr);
+	evlog_addr(e, "from", s->txn->from.addr);
 	if (s->txn->params.size >= 0)
 		evlog_int(e, "size", s->txn->params.size);
 	evlog_bool(e, "smtputf8", s->txn->params.smtputf8);

@@ -10,10 +10,11 @@
  *
  * Why not syslog(3).  Checked on Debian 12 (glibc 2.36) against a private
  * /dev/log: openlog(LOG_NDELAY) only connects early; the socket is a
- * *blocking* SOCK_DGRAM, and syslog() blocked for 7.5 s when the receiver
- * stopped reading (net.unix.max_dgram_qlen datagrams queued, then send()
- * waits).  If /dev/log is a stream socket glibc falls back to SOCK_STREAM,
- * which blocks as soon as the socket buffer is full.  Either way a stalled
+ * *blocking* SOCK_DGRAM, and once the receiver stopped reading
+ * (net.unix.max_dgram_qlen datagrams queued) syslog() sat in send() until
+ * the receiver went away 7.5 s later.  If /dev/log is a stream socket,
+ * glibc falls back to SOCK_STREAM, which blocks as soon as the socket
+ * buffer is full.  Either way a stalled
  * syslog daemon would stall the event loop and so every session.  So this
  * file sends the datagram itself: SOCK_DGRAM | SOCK_NONBLOCK, MSG_DONTWAIT,
  * and in the very format glibc's syslog(3) writes to /dev/log

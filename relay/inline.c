@@ -115,10 +115,10 @@ inline_rcpt_event(struct session *s, const struct smtp_reply *r)
 	struct evline *e = evlog_begin("rcpt", s->id);
 
 	evlog_str(e, "client_ip", s->peer_ip);
-	evlog_str(e, "from", s->txn->from.addr);
-	evlog_str(e, "rcpt", s->txn->rcpt.addr);
+	evlog_addr(e, "from", s->txn->from.addr);
+	evlog_addr(e, "rcpt", s->txn->rcpt.addr);
 	evlog_int(e, "code", r->code);
-	evlog_strn(e, "reply", r->text, r->text_len);
+	evlog_textn(e, "reply", r->text, r->text_len);
 	evlog_end(e);
 }
 
@@ -249,11 +249,11 @@ inline_data_event(struct session *s, int code, const char *reply, size_t len)
 	struct evline *e = evlog_begin("data", s->id);
 
 	evlog_str(e, "client_ip", s->peer_ip);
-	evlog_str(e, "from", s->txn->from.addr);
+	evlog_addr(e, "from", s->txn->from.addr);
 	evlog_int(e, "rcpts", s->txn->naccepted);
 	evlog_int(e, "size", (long long)s->txn->size);
 	evlog_int(e, "code", code);
-	evlog_strn(e, "reply", reply, len);
+	evlog_textn(e, "reply", reply, len);
 	evlog_str(e, "next_hop", s->up ? upstream_target(s->up)->host : "");
 	evlog_int(e, "duration_ms", route_ms_since(&s->txn->data_start));
 	evlog_end(e);
@@ -489,7 +489,7 @@ inline_header_removed_event(struct session *s)
 
 	evlog_str(e, "client_ip", s->peer_ip);
 	evlog_str(e, "header", TRACE_HEADER_NAME);
-	evlog_str(e, "from", s->txn->from.addr);
+	evlog_addr(e, "from", s->txn->from.addr);
 	evlog_end(e);
 }
 

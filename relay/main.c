@@ -60,8 +60,8 @@ usage(void)
 {
 	fprintf(stderr, "usage: tlsrelay [-f] [-d] [-c relay.ini]\n"
 	    "       tlsrelay -t [-c relay.ini]\n"
-	    "       tlsrelay report [--day YYYY-MM-DD] [--org NAME] [--contact URI] "
-	    "--out DIR LOG...\n"
+	    "       tlsrelay report [-c relay.ini] [--day YYYY-MM-DD] [--org NAME] [--contact URI]\n"
+	    "                       [--out DIR] [--send] LOG...\n"
 	    "       tlsrelay policy [-c relay.ini] DOMAIN\n"
 	    "       tlsrelay -V\n");
 	exit(2);
@@ -216,6 +216,9 @@ relay_reload_commit(struct relay *r, struct relay_config *cfg, SSL_CTX **ctxs,
 	}
 	whitelist_free(&r->whitelist);
 	r->whitelist = wl;
+	evlog_set_addr_mode(cfg->log_addresses);
+	if (evlog_syslog_open(cfg->syslog) < 0)
+		log_msg(LOG_ERR, "reload: [relay] syslog = %s: %s", cfg->syslog, strerror(errno));
 	/* Sessions keep pointers into the old configuration: it lives until exit. */
 	r->cfg->next_old = r->old_cfgs;
 	r->old_cfgs = r->cfg;
@@ -427,6 +430,7 @@ relay_free(struct relay *r)
 	if (r->deadline != NULL)
 		event_free(r->deadline);
 	SSL_CTX_free(r->client_ctx);
+	tlsctx_client_cache_flush();
 	mtasts_free(&r->mtasts);
 	metrics_free(&r->metrics);
 	resolver_free(&r->resolver);

@@ -188,13 +188,26 @@ metrics_reply(struct evhttp_request *req, int code, const char *reason,
 	evhttp_send_reply(req, code, reason, body);
 }
 
+/* RFC 9110 §15.5.6: a known resource, a method it does not support. */
+static void
+metrics_not_allowed(struct evhttp_request *req)
+{
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
+	metrics_reply(req, 405, "Method Not Allowed", NULL);
+}
+
 static void
 metrics_serve(struct evhttp_request *req, void *arg)
 {
 	struct metrics *m = arg;
-	struct evbuffer *body = evbuffer_new();
+	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+	struct evbuffer *body;
 
-	if (body == NULL) {
+	if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
+		metrics_not_allowed(req);
+		return;
+	}
+	if ((body = evbuffer_new()) == NULL) {
 		evhttp_send_error(req, HTTP_SERVUNAVAIL, NULL);
 		return;
 	}
@@ -260,7 +273,9 @@ metrics_new(struct event_base *base, const struct relay_config *cfg, char *err,
 		free(m);
 		return NULL;
 	}
-	evhttp_set_allowed_methods(m->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
+	/* libevent answers 501 to methods outside this set; these get 405 */
+	evhttp_set_allowed_methods(m->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST |
+	    EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
 	evhttp_set_timeout(m->http, 10);
 	evhttp_set_max_headers_size(m->http, 8192);
 	evhttp_set_max_body_size(m->http, 1024);

@@ -61,7 +61,7 @@ void metrics_render(const struct metrics_counters *c, struct evbuffer *out);
 
 /*
  * metrics_new - listen on cfg->metrics_listen (must be set) and serve
- * GET/HEAD /metrics; other paths get 404, other methods 405.  Registers
+ * GET/HEAD /metrics; other paths get 404, other methods on it 405.  Registers
  * the evlog observer.  Call before dropping privileges.  NULL with err set
  * when the address cannot be parsed or bound.
  */

@@ -116,6 +116,8 @@ route_delivery_event(struct session *s, const struct upstream_target *t,
 	evlog_str(e, "receiving_mx_helo", up ? upstream_helo(up) : "");
 	evlog_str(e, "receiving_ip", t ? t->ip : "");
 	evlog_bool(e, "tls", v != NULL);
+	if (v != NULL)
+		evlog_bool(e, "tls_resumed", upstream_tls_resumed(up));
 	evlog_str(e, "tls_version", v ? v : "");
 	evlog_str(e, "tls_cipher", v ? upstream_tls_cipher(up) : "");
 	evlog_str(e, "peer_cert_sha256", up ? upstream_peer_sha256(up) : "");
@@ -124,7 +126,7 @@ route_delivery_event(struct session *s, const struct upstream_target *t,
 		evlog_bool(e, "report_mail", 1);
 	evlog_str(e, "outcome", outcome);
 	evlog_int(e, "code", code);
-	evlog_str(e, "smtp_reply", reply);
+	evlog_text(e, "smtp_reply", reply);
 	evlog_int(e, "duration_ms", route_ms_since(&s->up_start));
 	evlog_end(e);
 }

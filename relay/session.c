@@ -250,7 +250,7 @@ session_reject_event(struct session *s, const char *cmd, int code, const char *r
 	evlog_str(e, "client_ip", s->peer_ip);
 	evlog_str(e, "command", cmd);
 	evlog_int(e, "code", code);
-	evlog_str(e, "reason", reason);
+	evlog_text(e, "reason", reason);
 	evlog_end(e);
 }
 

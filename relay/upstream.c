@@ -335,6 +335,29 @@ up_dane_setup(struct upstream *up, SSL *ssl)
 	return 0;
 }
 
+/*
+ * The policy a session was verified under, as the session cache key:
+ * address, SNI, level, reference names and TLSA records (DANE-11).
+ */
+static void
+up_resume(struct upstream *up, SSL *ssl)
+{
+	struct evbuffer *b = evbuffer_new();
+	size_t i;
+
+	if (b == NULL)
+		return;
+	evbuffer_add_printf(b, "%s|%s|%d|%d|%d", up->t.ip, up->t.host, ntohs(((struct
+	    sockaddr_in *)&up->t.addr)->sin_port), (int)up->level, up->t.sts_testing);
+	for (i = 0; i < up->t.nverify; i++)
+		evbuffer_add_printf(b, "|n:%s", up->t.verify_names[i]);
+	for (i = 0; up->t.dane != NULL && i < up->t.dane->n; i++)
+		evbuffer_add_printf(b, "|t:%s", up->t.dane->recs[i].text);
+	evbuffer_add(b, "", 1);
+	tlsctx_client_resume(ssl, (const char *)evbuffer_pullup(b, -1));
+	evbuffer_free(b);
+}
+
 static int
 up_tls_setup(struct upstream *up, SSL *ssl)
 {
@@ -342,6 +365,7 @@ up_tls_setup(struct upstream *up, SSL *ssl)
 
 	up->dane_records = 0;
 	up->dane_depth = -1;
+	up_resume(up, ssl);
 	if (up->t.dane != NULL && up->t.dane->state == DANE_USABLE)
 		return up_dane_setup(up, ssl);
 	if (SSL_set_tlsext_host_name(ssl, up->t.host) != 1)
@@ -808,6 +832,12 @@ upstream_dane_match(const struct upstream *up, int *usage, int *selector, int *m
 	*mtype = up->dane_mtype;
 	*depth = up->dane_depth;
 	return 1;
+}
+
+int
+upstream_tls_resumed(const struct upstream *up)
+{
+	return up->ssl != NULL && SSL_session_reused(up->ssl);
 }
 
 const char *

@@ -104,6 +104,8 @@ const char *upstream_local_ip(const struct upstream *up);
  */
 int upstream_dane_match(const struct upstream *up, int *usage, int *selector, int *mtype,
     int *depth);
+/* The TLS session was resumed from the client session cache. */
+int upstream_tls_resumed(const struct upstream *up);
 /*
  * upstream_sts_failure - for an MTA-STS "testing" target: the RFC 8460
  * result type enforce mode would have failed this connection with, or NULL.
