@@ -149,36 +149,77 @@ listener_error_cb(struct evconnlistener *evl, void *arg)
 	log_msg(LOG_WARN, "listener %s: accept: %s", l->lc->name, evutil_socket_error_to_string(err));
 }
 
+/*
+ * listener_bind - one listening socket for sa (before privileges are
+ * dropped).  reuseport: SO_REUSEPORT, so that each worker process has its
+ * own socket and the kernel spreads connections across them.
+ */
+int
+listener_bind(const struct sockaddr *sa, socklen_t len, int reuseport, char *err,
+    size_t errlen)
+{
+	int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK, 0), one = 1;
+
+	if (fd < 0)
+		goto fail;
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+	    (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0))
+		goto fail;
+	if (sa->sa_family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	if (bind(fd, sa, len) < 0 || listen(fd, 511) < 0)
+		goto fail;
+	return fd;
+fail:
+	snprintf(err, errlen, "%s", strerror(errno));
+	if (fd >= 0)
+		close(fd);
+	return -1;
+}
+
+/*
+ * listener_server_ctx - the STARTTLS context of lc, or NULL (no tls_cert,
+ * or an error in err: *failed set).  Keys are read here, before privileges
+ * are dropped.
+ */
+SSL_CTX *
+listener_server_ctx(const struct relay_config *cfg, const struct listener_config *lc,
+    int *failed, char *err, size_t errlen)
+{
+	SSL_CTX *ctx;
+
+	*failed = 0;
+	if (lc->tls_cert == NULL)
+		return NULL;
+	ctx = tlsctx_server_new(lc->tls_cert, lc->tls_key, lc->tls_min_version, err, errlen);
+	if (ctx != NULL && lc->tls_ask_client_cert && tlsctx_server_ask_client_cert(ctx,
+	    lc->tls_client_ca ? lc->tls_client_ca : cfg->ca_file, err, errlen) < 0) {
+		SSL_CTX_free(ctx);
+		ctx = NULL;
+	}
+	*failed = ctx == NULL;
+	return ctx;
+}
+
 struct listener *
 listener_new(struct event_base *base, const struct relay_config *cfg,
-    const struct listener_config *lc, SSL_CTX *client_ctx, char *err, size_t errlen)
+    const struct listener_config *lc, SSL_CTX *client_ctx, SSL_CTX *server_ctx,
+    const int *fds, char *err, size_t errlen)
 {
 	struct listener *l = xcalloc(1, sizeof(*l));
 	size_t i;
-	unsigned flags = LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC;
 
 	l->cfg = cfg;
 	l->lc = lc;
 	l->base = base;
 	l->client_ctx = client_ctx;
-	if (lc->tls_cert != NULL) {
-		l->server_ctx = tlsctx_server_new(lc->tls_cert, lc->tls_key, lc->tls_min_version,
-		    err, errlen);
-		if (l->server_ctx == NULL || (lc->tls_ask_client_cert &&
-		    tlsctx_server_ask_client_cert(l->server_ctx, lc->tls_client_ca ?
-		    lc->tls_client_ca : cfg->ca_file, err, errlen) < 0)) {
-			listener_free(&l);
-			return NULL;
-		}
-	}
-	if (cfg->workers != 1)
-		flags |= LEV_OPT_REUSEABLE_PORT;
+	l->server_ctx = server_ctx;
 	for (i = 0; i < lc->naddrs; i++) {
-		l->evl[i] = evconnlistener_new_bind(base, listener_accept_cb, l, flags, 511,
-		    (const struct sockaddr *)&lc->addrs[i], (int)lc->addrlens[i]);
+		l->evl[i] = evconnlistener_new(base, listener_accept_cb, l,
+		    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, fds[i]);
 		if (l->evl[i] == NULL) {
-			snprintf(err, errlen, "listener %s: cannot listen on address %zu: %s",
-			    lc->name, i + 1, strerror(errno));
+			snprintf(err, errlen, "listener %s: address %zu: %s", lc->name, i + 1,
+			    strerror(errno));
 			listener_free(&l);
 			return NULL;
 		}

@@ -32,9 +32,19 @@ struct listener {
 	struct listener *next;
 };
 
-/* listener_new - bind every address of lc (before privileges are dropped). */
+/* listener_bind - a listening socket for sa (SO_REUSEPORT when reuseport); -1 + err. */
+int listener_bind(const struct sockaddr *sa, socklen_t len, int reuseport, char *err,
+    size_t errlen);
+/* listener_server_ctx - lc's STARTTLS context (NULL without tls_cert; *failed on error). */
+SSL_CTX *listener_server_ctx(const struct relay_config *cfg, const struct listener_config *lc,
+    int *failed, char *err, size_t errlen);
+/*
+ * listener_new - accept on the bound sockets fds[0..lc->naddrs) (they
+ * become the listener's); server_ctx (may be NULL) becomes the listener's.
+ */
 struct listener *listener_new(struct event_base *base, const struct relay_config *cfg,
-    const struct listener_config *lc, SSL_CTX *client_ctx, char *err, size_t errlen);
+    const struct listener_config *lc, SSL_CTX *client_ctx, SSL_CTX *server_ctx,
+    const int *fds, char *err, size_t errlen);
 void listener_free(struct listener **l);
 /* listener_stop - stop accepting (graceful shutdown). */
 void listener_stop(struct listener *l);

@@ -37,6 +37,7 @@
 #include "relay/log.h"
 #include "relay/policycmd.h"
 #include "relay/session.h"
+#include "relay/workers.h"
 
 #define TLSRELAY_VERSION "0.1.0"
 #define RELAY_RELOAD_MAX 64             /* listeners a SIGHUP can reload */
@@ -53,7 +54,19 @@ struct relay {
 	struct event *sig[5];
 	struct event *deadline;
 	struct metrics *metrics;     /* NULL unless [relay] metrics_listen */
+	int nworkers;                /* processes sharing the listeners */
+	int *fds;                    /* bound sockets: relay_fd() */
+	SSL_CTX **server_ctxs;       /* per listener, built before privileges drop */
+	size_t nlisteners;
+	int pidfile_owner;           /* this process wrote the pidfile */
 };
+
+/* The socket of listener li, address ai, for worker w. */
+static int *
+relay_fd(struct relay *r, size_t li, size_t ai, int w)
+{
+	return &r->fds[(li * CONFIG_MAX_ADDRS + ai) * (size_t)r->nworkers + (size_t)w];
+}
 
 static void
 usage(void)
@@ -362,20 +375,64 @@ relay_whitelist(struct relay *r)
 	log_msg(LOG_INFO, "whitelist: %zu domains", whitelist_count(r->whitelist));
 }
 
+/*
+ * Bind every address of every listener once per worker (SO_REUSEPORT with
+ * several workers), and build the STARTTLS contexts: both need the
+ * privileges that relay_drop_privileges() gives up.
+ */
 static void
-relay_listen(struct relay *r)
+relay_bind(struct relay *r)
 {
 	const struct listener_config *lc;
-	struct listener *l, **tail = &r->listeners;
+	size_t li = 0, ai, n = 0;
+	int w, failed;
 	char err[512];
 
+	for (lc = r->cfg->listeners; lc != NULL; lc = lc->next)
+		n++;
+	r->nlisteners = n;
+	r->fds = xcalloc(n * CONFIG_MAX_ADDRS * (size_t)r->nworkers, sizeof(int));
+	r->server_ctxs = xcalloc(n ? n : 1, sizeof(SSL_CTX *));
+	for (lc = r->cfg->listeners; lc != NULL; lc = lc->next, li++) {
+		r->server_ctxs[li] = listener_server_ctx(r->cfg, lc, &failed, err, sizeof(err));
+		if (failed)
+			die("%s:%d: [listener:%s]: %s", r->cfg->path, lc->line, lc->name, err);
+		for (ai = 0; ai < lc->naddrs; ai++)
+			for (w = 0; w < r->nworkers; w++) {
+				*relay_fd(r, li, ai, w) = listener_bind((const struct sockaddr *)
+				    &lc->addrs[ai], lc->addrlens[ai], r->nworkers > 1, err, sizeof(err));
+				if (*relay_fd(r, li, ai, w) < 0)
+					die("%s:%d: [listener:%s]: cannot listen on address %zu: %s",
+					    r->cfg->path, lc->line, lc->name, ai + 1, err);
+			}
+	}
 	r->client_ctx = tlsctx_client_new(r->cfg->ca_file, err, sizeof(err));
 	if (r->client_ctx == NULL)
 		die("%s: [outbound] ca_file: %s", r->cfg->path, err);
-	for (lc = r->cfg->listeners; lc != NULL; lc = lc->next) {
-		l = listener_new(r->base, r->cfg, lc, r->client_ctx, err, sizeof(err));
+}
+
+/* Worker w: its own sockets become listeners; the other workers' are closed. */
+static void
+relay_listen(struct relay *r, int w)
+{
+	const struct listener_config *lc;
+	struct listener *l, **tail = &r->listeners;
+	size_t li = 0, ai;
+	int fds[CONFIG_MAX_ADDRS], v;
+	char err[512];
+
+	for (lc = r->cfg->listeners; lc != NULL; lc = lc->next, li++) {
+		for (ai = 0; ai < lc->naddrs; ai++) {
+			fds[ai] = *relay_fd(r, li, ai, w);
+			for (v = 0; v < r->nworkers; v++)
+				if (v != w)
+					close(*relay_fd(r, li, ai, v));
+		}
+		l = listener_new(r->base, r->cfg, lc, r->client_ctx, r->server_ctxs[li], fds,
+		    err, sizeof(err));
 		if (l == NULL)
 			die("%s:%d: %s", r->cfg->path, lc->line, err);
+		r->server_ctxs[li] = NULL;      /* the listener's now */
 		l->resolver = r->resolver;
 		l->whitelist = r->whitelist;
 		l->mtasts = r->mtasts;
@@ -384,7 +441,6 @@ relay_listen(struct relay *r)
 	}
 }
 
-/* The Prometheus endpoint: bound here, before privileges are dropped. */
 static void
 relay_metrics(struct relay *r)
 {
@@ -419,7 +475,8 @@ relay_free(struct relay *r)
 	size_t i;
 
 	session_close_all("shutdown");
-	event_base_loop(r->base, EVLOOP_NONBLOCK);      /* run the deferred frees */
+	if (r->base != NULL)
+		event_base_loop(r->base, EVLOOP_NONBLOCK);      /* run the deferred frees */
 	while ((l = r->listeners) != NULL) {
 		r->listeners = l->next;
 		listener_free(&l);
@@ -431,12 +488,17 @@ relay_free(struct relay *r)
 		event_free(r->deadline);
 	SSL_CTX_free(r->client_ctx);
 	tlsctx_client_cache_flush();
+	for (i = 0; i < r->nlisteners; i++)
+		SSL_CTX_free(r->server_ctxs[i]);
+	free(r->server_ctxs);
+	free(r->fds);
 	mtasts_free(&r->mtasts);
 	metrics_free(&r->metrics);
 	resolver_free(&r->resolver);
 	whitelist_free(&r->whitelist);
-	event_base_free(r->base);
-	if (r->cfg->pidfile != NULL)
+	if (r->base != NULL)
+		event_base_free(r->base);
+	if (r->cfg->pidfile != NULL && r->pidfile_owner)
 		unlink(r->cfg->pidfile);
 	config_free(&r->cfg);
 	while ((old = r->old_cfgs) != NULL) {
@@ -446,10 +508,42 @@ relay_free(struct relay *r)
 	evlog_close();
 }
 
+/* One worker: its event loop, resolver, policy cache and listeners. */
+static int
+relay_worker(struct relay *r, int w)
+{
+	r->base = event_base_new();
+	if (r->base == NULL)
+		die("cannot create the event loop");
+	relay_resolver(r);
+	relay_mtasts(r);
+	relay_listen(r, w);
+	if (w == 0)
+		relay_metrics(r);
+	relay_signals(r);
+	log_msg(LOG_INFO, "tlsrelay %s ready%s", TLSRELAY_VERSION, r->nworkers > 1 ?
+	    " (worker)" : "");
+	event_base_dispatch(r->base);
+	log_msg(LOG_INFO, "stopped");
+	relay_free(r);
+	return 0;
+}
+
+static int
+relay_worker_main(void *arg, int w)
+{
+	return relay_worker(arg, w);
+}
+
+/*
+ * Start-up order matters for least privilege: sockets and keys as root,
+ * then drop to [relay] user, then the workers (each its own event loop).
+ */
 static int
 relay_run(struct relay_config *cfg, int foreground)
 {
 	struct relay r;
+	int rc;
 
 	memset(&r, 0, sizeof(r));
 	r.cfg = cfg;
@@ -459,25 +553,22 @@ relay_run(struct relay_config *cfg, int foreground)
 	if (evlog_syslog_open(cfg->syslog) < 0)
 		die("[relay] syslog = %s: /dev/log: %s%s", cfg->syslog, strerror(errno),
 		    errno == EPROTOTYPE ? " (a stream socket: tlsrelay sends datagrams only)" : "");
-	r.base = event_base_new();
-	if (r.base == NULL)
-		die("cannot create the event loop");
+	r.nworkers = cfg->workers > 0 ? cfg->workers : (int)sysconf(_SC_NPROCESSORS_ONLN);
+	if (r.nworkers < 1)
+		r.nworkers = 1;
 	relay_raise_nofile();
 	relay_whitelist(&r);
-	relay_resolver(&r);
-	relay_mtasts(&r);
-	relay_listen(&r);
-	relay_metrics(&r);
+	relay_bind(&r);
 	relay_drop_privileges(cfg);
 	if (!foreground && daemon(1, 0) < 0)
 		die("cannot daemonize: %s", strerror(errno));
 	relay_pidfile(cfg);
-	relay_signals(&r);
-	log_msg(LOG_INFO, "tlsrelay %s ready", TLSRELAY_VERSION);
-	event_base_dispatch(r.base);
-	log_msg(LOG_INFO, "stopped");
+	r.pidfile_owner = 1;
+	if (r.nworkers == 1)
+		return relay_worker(&r, 0);
+	rc = workers_supervise(r.nworkers, relay_worker_main, &r, &r.pidfile_owner);
 	relay_free(&r);
-	return 0;
+	return rc;
 }
 
 int
