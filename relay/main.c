@@ -291,6 +291,19 @@ relay_signal_cb(evutil_socket_t sig, short what, void *arg)
 }
 
 static void
+relay_block_signals(int how)
+{
+	sigset_t set;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	sigaddset(&set, SIGUSR1);
+	sigprocmask(how, &set, NULL);
+}
+
+static void
 relay_signals(struct relay *r)
 {
 	static const int sigs[] = { SIGTERM, SIGINT, SIGHUP, SIGUSR1 };
@@ -521,6 +534,7 @@ relay_worker(struct relay *r, int w)
 	if (w == 0)
 		relay_metrics(r);
 	relay_signals(r);
+	relay_block_signals(SIG_UNBLOCK);
 	log_msg(LOG_INFO, "tlsrelay %s ready%s", TLSRELAY_VERSION, r->nworkers > 1 ?
 	    " (worker)" : "");
 	event_base_dispatch(r->base);
@@ -556,6 +570,8 @@ relay_run(struct relay_config *cfg, int foreground)
 	r.nworkers = cfg->workers > 0 ? cfg->workers : (int)sysconf(_SC_NPROCESSORS_ONLN);
 	if (r.nworkers < 1)
 		r.nworkers = 1;
+	/* The port accepts before the handlers exist: signals wait until then. */
+	relay_block_signals(SIG_BLOCK);
 	relay_raise_nofile();
 	relay_whitelist(&r);
 	relay_bind(&r);

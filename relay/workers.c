@@ -48,8 +48,10 @@ workers_spawn(struct worker *wk, int w, int (*run)(void *, int), void *arg, int 
 		wk->started = time(NULL);
 		return pid;
 	}
+	/* The worker unblocks its signals once its handlers exist; SIGCHLD now. */
 	*in_child = 0;
-	workers_sigset(&set);
+	sigemptyset(&set);
+	sigaddset(&set, SIGCHLD);
 	sigprocmask(SIG_UNBLOCK, &set, NULL);
 	exit(run(arg, w));
 }

@@ -24,11 +24,11 @@ def children(pid):
     return sorted(out)
 
 
-def wait_children(pid, n, timeout=10):
+def wait_children(pid, n, timeout=10, gone=None):
     deadline = time.time() + timeout
     while time.time() < deadline:
         kids = children(pid)
-        if len(kids) == n:
+        if len(kids) == n and gone not in kids:
             return kids
         time.sleep(0.05)
     raise AssertionError("want %d workers, have %s" % (n, children(pid)))
@@ -52,7 +52,7 @@ def test_two_workers_restart_and_stop(relay, nexthop):
     assert len(sessions) == 2, "connections were not spread over both workers: %s" % sessions
 
     os.kill(kids[0], signal.SIGKILL)
-    new = wait_children(r.pid, 2)
+    new = wait_children(r.pid, 2, gone=kids[0])
     assert kids[0] not in new, "the killed worker was not replaced"
     assert [send(r.port, 100 + i) for i in range(5)] == [250] * 5
     assert len(nh.wait_for(25)) == 25
