@@ -21,6 +21,8 @@
 	"DHE-RSA-AES256-GCM-SHA384:DHE-RSA-AES128-GCM-SHA256"
 
 static void tlsctx_client_cache(SSL_CTX *ctx);
+static SSL_CTX *tlsctx_fail(SSL_CTX *ctx, const char *what, const char *file, char *err,
+    size_t errlen);
 
 void
 tlsctx_errors(char *buf, size_t len)
@@ -73,14 +75,31 @@ tlsctx_server_new(const char *cert, const char *key, int min_version, char *err,
 	tlsctx_common(ctx, min_version);
 	if (SSL_CTX_set_cipher_list(ctx, TLSCTX_CIPHERS) != 1)
 		return tlsctx_fail(ctx, "cipher list", NULL, err, errlen);
-	if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1)
-		return tlsctx_fail(ctx, "cannot load certificate", cert, err, errlen);
-	if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1)
-		return tlsctx_fail(ctx, "cannot load private key", key, err, errlen);
-	if (SSL_CTX_check_private_key(ctx) != 1)
-		return tlsctx_fail(ctx, "private key does not match certificate", cert, err, errlen);
+	if (tlsctx_server_add_cert(ctx, cert, key, err, errlen) < 0) {
+		SSL_CTX_free(ctx);
+		return NULL;
+	}
 	SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"tlsrelay", 8);
 	return ctx;
+}
+
+/*
+ * One certificate chain and its key; a second call with another key type
+ * (ECDSA beside RSA, like Postfix's smtpd_tls_eccert_file) adds it, and
+ * OpenSSL picks per client by its signature algorithms.
+ */
+int
+tlsctx_server_add_cert(SSL_CTX *ctx, const char *cert, const char *key, char *err,
+    size_t errlen)
+{
+	if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1)
+		return tlsctx_fail(NULL, "cannot load certificate", cert, err, errlen), -1;
+	if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1)
+		return tlsctx_fail(NULL, "cannot load private key", key, err, errlen), -1;
+	if (SSL_CTX_check_private_key(ctx) != 1)
+		return tlsctx_fail(NULL, "private key does not match certificate", cert, err,
+		    errlen), -1;
+	return 0;
 }
 
 /*

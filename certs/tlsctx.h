@@ -21,6 +21,10 @@
 SSL_CTX *tlsctx_server_new(const char *cert, const char *key, int min_version,
     char *err, size_t errlen);
 
+/* tlsctx_server_add_cert - add a chain + key of another key type; 0 or -1 + err. */
+int tlsctx_server_add_cert(SSL_CTX *ctx, const char *cert, const char *key, char *err,
+    size_t errlen);
+
 /*
  * tlsctx_server_ask_client_cert - ask clients for a certificate (never
  * require one), with ca_file as the trust anchors and the CA names sent.

@@ -87,6 +87,8 @@ static const struct cfg_row cfg_rows[] = {
 	L("listen", CFG_LISTEN, naddrs, 0, 0),
 	L("tls_cert", CFG_STR, tls_cert, 0, 0),
 	L("tls_key", CFG_STR, tls_key, 0, 0),
+	L("tls_ecdsa_cert", CFG_STR, tls_ecdsa_cert, 0, 0),
+	L("tls_ecdsa_key", CFG_STR, tls_ecdsa_key, 0, 0),
 	L("tls_min_version", CFG_TLSVER, tls_min_version, 0, 0),
 	L("require_tls", CFG_REQTLS, require_tls, 0, 0),
 	L("relay_networks", CFG_CIDRS, nnetworks, 0, 0),
@@ -715,6 +717,10 @@ cfg_check_listener(struct cfg_parse *p, const struct listener_config *l)
 		cfg_check_error(p, l->line, "[listener:%s]: listen is required", l->name);
 	if ((l->tls_cert == NULL) != (l->tls_key == NULL))
 		cfg_check_error(p, l->line, "[listener:%s]: tls_cert and tls_key go together", l->name);
+	if ((l->tls_ecdsa_cert == NULL) != (l->tls_ecdsa_key == NULL) ||
+	    (l->tls_ecdsa_cert != NULL && l->tls_cert == NULL))
+		cfg_check_error(p, l->line, "[listener:%s]: tls_ecdsa_cert and tls_ecdsa_key go "
+		    "together, beside tls_cert and tls_key", l->name);
 	if (l->require_tls != REQUIRE_TLS_NO && l->tls_cert == NULL)
 		cfg_check_error(p, l->line, "[listener:%s]: require_tls needs tls_cert and tls_key", l->name);
 	if (l->require_tls == REQUIRE_TLS_WHITELIST && p->cfg->whitelist_file == NULL)
@@ -781,6 +787,8 @@ cfg_free_listener(struct listener_config *l)
 	free(l->name);
 	free(l->tls_cert);
 	free(l->tls_key);
+	free(l->tls_ecdsa_cert);
+	free(l->tls_ecdsa_key);
 	for (i = 0; i < l->ndomains; i++)
 		free(l->domains[i]);
 	free(l->next_hop_host);

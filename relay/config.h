@@ -34,6 +34,7 @@ struct listener_config {
 	struct sockaddr_storage addrs[CONFIG_MAX_ADDRS];
 	socklen_t addrlens[CONFIG_MAX_ADDRS];
 	char *tls_cert, *tls_key;
+	char *tls_ecdsa_cert, *tls_ecdsa_key;   /* a second chain of another key type */
 	int tls_min_version;        /* TLS1_2_VERSION ... */
 	enum require_tls require_tls;
 	size_t nnetworks;

@@ -192,8 +192,10 @@ listener_server_ctx(const struct relay_config *cfg, const struct listener_config
 	if (lc->tls_cert == NULL)
 		return NULL;
 	ctx = tlsctx_server_new(lc->tls_cert, lc->tls_key, lc->tls_min_version, err, errlen);
-	if (ctx != NULL && lc->tls_ask_client_cert && tlsctx_server_ask_client_cert(ctx,
-	    lc->tls_client_ca ? lc->tls_client_ca : cfg->ca_file, err, errlen) < 0) {
+	if (ctx != NULL && ((lc->tls_ecdsa_cert != NULL && tlsctx_server_add_cert(ctx,
+	    lc->tls_ecdsa_cert, lc->tls_ecdsa_key, err, errlen) < 0) ||
+	    (lc->tls_ask_client_cert && tlsctx_server_ask_client_cert(ctx,
+	    lc->tls_client_ca ? lc->tls_client_ca : cfg->ca_file, err, errlen) < 0))) {
 		SSL_CTX_free(ctx);
 		ctx = NULL;
 	}

@@ -191,17 +191,15 @@ relay_reload_load(struct relay *r, struct relay_config *cfg, SSL_CTX **ctxs,
 {
 	const struct listener_config *lc;
 	size_t i = 0;
+	int failed;
 
 	for (lc = cfg->listeners; lc != NULL; lc = lc->next, i++) {
 		if (i == RELAY_RELOAD_MAX) {
 			snprintf(err, errlen, "more than %d listeners", RELAY_RELOAD_MAX);
 			return -1;
 		}
-		if (lc->tls_cert == NULL)
-			continue;
-		ctxs[i] = tlsctx_server_new(lc->tls_cert, lc->tls_key, lc->tls_min_version, err, errlen);
-		if (ctxs[i] == NULL || (lc->tls_ask_client_cert && tlsctx_server_ask_client_cert(
-		    ctxs[i], lc->tls_client_ca ? lc->tls_client_ca : cfg->ca_file, err, errlen) < 0))
+		ctxs[i] = listener_server_ctx(cfg, lc, &failed, err, errlen);
+		if (failed)
 			return -1;
 	}
 	if (cfg->whitelist_file != NULL && ((*wl = whitelist_new()) == NULL ||
