@@ -23,6 +23,7 @@
 #include "policy/whitelist.h"
 #include "relay/evlog.h"
 #include "relay/listener.h"
+#include "relay/conncache.h"
 #include "relay/route.h"
 #include "relay/session.h"
 #include "relay/trace.h"
@@ -48,7 +49,11 @@ inline_connect_target(struct session *s)
 	gettimeofday(&s->up_start, NULL);
 	s->up_was_ready = 0;
 	s->up_in_txn = 0;
-	s->up = upstream_connect(&p, &s->targets[s->target], inline_up_cb, s);
+	s->up = conncache_get(&s->targets[s->target]);
+	if (s->up != NULL && upstream_adopt(s->up, &s->targets[s->target], inline_up_cb, s) < 0)
+		upstream_free(&s->up);
+	if (s->up == NULL)
+		s->up = upstream_connect(&p, &s->targets[s->target], inline_up_cb, s);
 	return s->up ? 0 : -1;
 }
 
@@ -146,7 +151,7 @@ inline_rcpt(struct session *s)
 		return 1;
 	}
 	if (s->up != NULL && (!upstream_ready(s->up) || strcasecmp(s->up_domain, dest) != 0))
-		inline_abort(s);
+		inline_release(s);
 	snprintf(t->domain, sizeof(t->domain), "%s", t->rcpt.domain);
 	s->op = OP_RCPT;
 	session_enter(s, S_WAIT);
@@ -183,6 +188,19 @@ inline_rset(struct session *s)
 	session_enter(s, S_WAIT);
 	upstream_command(s->up, "RSET");
 	return 0;
+}
+
+/*
+ * The session is done with its next-hop connection: an idle one (between
+ * transactions) goes to the connection cache, anything else is closed.
+ */
+void
+inline_release(struct session *s)
+{
+	route_cancel(s);
+	if (s->up != NULL && upstream_ready(s->up) && !s->up_in_txn && s->op == OP_NONE)
+		conncache_put(&s->up, s->base);
+	inline_abort(s);
 }
 
 /* Close the next-hop connection now (before any final dot). */

@@ -150,8 +150,8 @@ listener_error_cb(struct evconnlistener *evl, void *arg)
 }
 
 /*
- * listener_bind - one listening socket for sa (before privileges are
- * dropped).  reuseport: SO_REUSEPORT, so that each worker process has its
+ * listener_bind - one socket bound to sa (before privileges are dropped;
+ * listener_new() starts listening on it).  reuseport: SO_REUSEPORT, so that each worker process has its
  * own socket and the kernel spreads connections across them.
  */
 int
@@ -167,7 +167,8 @@ listener_bind(const struct sockaddr *sa, socklen_t len, int reuseport, char *err
 		goto fail;
 	if (sa->sa_family == AF_INET6)
 		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-	if (bind(fd, sa, len) < 0 || listen(fd, 511) < 0)
+	/* listen() comes later (listener_new), once the process is ready. */
+	if (bind(fd, sa, len) < 0)
 		goto fail;
 	return fd;
 fail:
@@ -218,7 +219,7 @@ listener_new(struct event_base *base, const struct relay_config *cfg,
 	l->server_ctx = server_ctx;
 	for (i = 0; i < lc->naddrs; i++) {
 		l->evl[i] = evconnlistener_new(base, listener_accept_cb, l,
-		    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, fds[i]);
+		    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 511, fds[i]);
 		if (l->evl[i] == NULL) {
 			snprintf(err, errlen, "listener %s: address %zu: %s", lc->name, i + 1,
 			    strerror(errno));

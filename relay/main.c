@@ -31,6 +31,7 @@
 #include "policy/resolver.h"
 #include "policy/whitelist.h"
 #include "relay/config.h"
+#include "relay/conncache.h"
 #include "relay/evlog.h"
 #include "relay/listener.h"
 #include "relay/metrics.h"
@@ -486,6 +487,7 @@ relay_free(struct relay *r)
 	size_t i;
 
 	session_close_all("shutdown");
+	conncache_flush();
 	if (r->base != NULL)
 		event_base_loop(r->base, EVLOOP_NONBLOCK);      /* run the deferred frees */
 	while ((l = r->listeners) != NULL) {
@@ -528,10 +530,10 @@ relay_worker(struct relay *r, int w)
 		die("cannot create the event loop");
 	relay_resolver(r);
 	relay_mtasts(r);
-	relay_listen(r, w);
 	if (w == 0)
 		relay_metrics(r);
 	relay_signals(r);
+	relay_listen(r, w);             /* last: connections are taken from here on */
 	relay_block_signals(SIG_UNBLOCK);
 	log_msg(LOG_INFO, "tlsrelay %s ready%s", TLSRELAY_VERSION, r->nworkers > 1 ?
 	    " (worker)" : "");

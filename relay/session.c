@@ -279,7 +279,7 @@ session_close(struct session *s, const char *reason)
 	evlog_int(e, "duration_ms", (now.tv_sec - s->start.tv_sec) * 1000LL +
 	    (now.tv_usec - s->start.tv_usec) / 1000);
 	evlog_end(e);
-	inline_abort(s);
+	inline_release(s);
 	txn_free(&s->txn);
 	route_free(s);
 	if (s->timer != NULL)
@@ -319,7 +319,7 @@ session_quit(struct session *s, const char *reason)
 {
 	if (s->state == S_CLOSED)
 		return;
-	inline_abort(s);
+	inline_release(s);
 	session_enter(s, S_QUIT);
 	bufferevent_disable(s->bev, EV_READ);
 	if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)

@@ -159,5 +159,6 @@ int inline_data(struct session *s);
 int inline_rset(struct session *s);
 int inline_data_input(struct session *s);
 void inline_abort(struct session *s);
+void inline_release(struct session *s);
 
 #endif

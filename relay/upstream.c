@@ -30,6 +30,7 @@
 #include <event2/event.h>
 #include <event2/util.h>
 #include <openssl/err.h>
+#include <openssl/sha.h>
 #include <openssl/x509v3.h>
 
 #include "certs/tlsctx.h"
@@ -286,6 +287,10 @@ upstream_free(struct upstream **upp)
 	if (up == NULL)
 		return;
 	*upp = NULL;
+	/* A healthy TLS connection ends with close_notify: OpenSSL keeps its
+	 * session resumable only after a proper shutdown. */
+	if (up->ssl != NULL && up->state != UPS_DEAD && up->state != UPS_HANDSHAKE)
+		SSL_shutdown(up->ssl);
 	up->freed = 1;
 	up->state = UPS_DEAD;
 	up_close(up);
@@ -336,26 +341,79 @@ up_dane_setup(struct upstream *up, SSL *ssl)
 }
 
 /*
- * The policy a session was verified under, as the session cache key:
- * address, SNI, level, reference names and TLSA records (DANE-11).
+ * upstream_policy_key - a digest of the target and everything its TLS was
+ * (or will be) verified under: address, SNI, level, reference names, TLSA
+ * records and MTA-STS mode.  Keys the TLS session cache and the connection
+ * cache, so neither ever crosses policies (DANE-11).
  */
+void
+upstream_policy_key(const struct upstream_target *t, char key[65])
+{
+	struct evbuffer *b = evbuffer_new();
+	unsigned char md[SHA256_DIGEST_LENGTH];
+	size_t i;
+
+	key[0] = '\0';
+	if (b == NULL)
+		return;
+	evbuffer_add_printf(b, "%s|%s|%d|%d|%d|%d", t->ip, t->host,
+	    ntohs(((const struct sockaddr_in *)&t->addr)->sin_port), (int)t->level,
+	    t->sts ? (int)t->sts->mode : -1, t->sts_testing);
+	for (i = 0; i < t->nverify; i++)
+		evbuffer_add_printf(b, "|n:%s", t->verify_names[i]);
+	for (i = 0; t->dane != NULL && i < t->dane->n; i++)
+		evbuffer_add_printf(b, "|t:%s", t->dane->recs[i].text);
+	SHA256(evbuffer_pullup(b, -1), evbuffer_get_length(b), md);
+	for (i = 0; i < sizeof(md); i++)
+		snprintf(key + i * 2, 3, "%02x", md[i]);
+	evbuffer_free(b);
+}
+
 static void
 up_resume(struct upstream *up, SSL *ssl)
 {
-	struct evbuffer *b = evbuffer_new();
-	size_t i;
+	char key[65];
 
-	if (b == NULL)
-		return;
-	evbuffer_add_printf(b, "%s|%s|%d|%d|%d", up->t.ip, up->t.host, ntohs(((struct
-	    sockaddr_in *)&up->t.addr)->sin_port), (int)up->level, up->t.sts_testing);
-	for (i = 0; i < up->t.nverify; i++)
-		evbuffer_add_printf(b, "|n:%s", up->t.verify_names[i]);
-	for (i = 0; up->t.dane != NULL && i < up->t.dane->n; i++)
-		evbuffer_add_printf(b, "|t:%s", up->t.dane->recs[i].text);
-	evbuffer_add(b, "", 1);
-	tlsctx_client_resume(ssl, (const char *)evbuffer_pullup(b, -1));
-	evbuffer_free(b);
+	upstream_policy_key(&up->t, key);
+	if (key[0] != '\0')
+		tlsctx_client_resume(ssl, key);
+}
+
+/* Parked in the connection cache: new owner, and no pointers into the old one's route. */
+void
+upstream_detach(struct upstream *up, upstream_cb cb, void *arg)
+{
+	up->cb = cb;
+	up->arg = arg;
+	up->t.dane = NULL;
+	up->t.sts = NULL;
+	up->t.sts_failure = NULL;
+	up->sts_failure = NULL;
+}
+
+static void
+up_ready_later(evutil_socket_t fd, short what, void *arg)
+{
+	struct upstream *up = arg;
+
+	(void)fd;
+	(void)what;
+	if (!up->freed && up->state == UPS_READY)
+		up_notify(up, UP_READY, NULL);
+}
+
+/*
+ * upstream_adopt - a cached connection for t (same policy key) taken by a
+ * new owner: UP_READY is delivered from the event loop, never from here.
+ */
+int
+upstream_adopt(struct upstream *up, const struct upstream_target *t, upstream_cb cb,
+    void *arg)
+{
+	up->t = *t;
+	up->cb = cb;
+	up->arg = arg;
+	return event_base_once(up->p.base, -1, EV_TIMEOUT, up_ready_later, up, NULL);
 }
 
 static int

@@ -74,6 +74,14 @@ struct upstream *upstream_connect(const struct upstream_params *p,
     const struct upstream_target *t, upstream_cb cb, void *arg);
 void upstream_free(struct upstream **up);
 
+/* upstream_policy_key - digest of t and its TLS policy (caches' key). */
+void upstream_policy_key(const struct upstream_target *t, char key[65]);
+/* upstream_detach - new owner while parked; drops pointers into the old route. */
+void upstream_detach(struct upstream *up, upstream_cb cb, void *arg);
+/* upstream_adopt - take a parked connection for t; UP_READY comes later. 0 or -1. */
+int upstream_adopt(struct upstream *up, const struct upstream_target *t, upstream_cb cb,
+    void *arg);
+
 /* Send one command line (without CRLF).  Only in READY state; returns -1 otherwise. */
 int upstream_command(struct upstream *up, const char *line);
 /* After a 354 reply: body bytes are moved from src (n bytes). */
