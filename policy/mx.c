@@ -132,14 +132,14 @@ mx_addr_cb(void *arg, const struct dns_answer *a)
 	mx_addr_done(l);
 }
 
-static void
-mx_query_addrs(struct mx_lookup *l)
+/* Start A and AAAA queries for every host; the number started. */
+static size_t
+mx_start_addrs(struct mx_lookup *l)
 {
 	static const int types[2] = { DNS_T_A, DNS_T_AAAA };
-	size_t i, t;
+	size_t i, t, n = 0;
 	struct mx_query *mq;
 
-	l->pending = 1;         /* held until every query is started */
 	for (i = 0; i < l->route.nhosts; i++)
 		for (t = 0; t < 2; t++) {
 			mq = &l->aq[i * 2 + t];
@@ -147,9 +147,16 @@ mx_query_addrs(struct mx_lookup *l)
 			mq->host = i;
 			mq->type = types[t];
 			mq->q = resolver_query(l->r, l->route.hosts[i].name, types[t], mx_addr_cb, mq);
-			if (mq->q != NULL)
-				l->pending++;
+			n += mq->q != NULL;
 		}
+	return n;
+}
+
+static void
+mx_query_addrs(struct mx_lookup *l)
+{
+	l->pending = 1;         /* held until every query is started */
+	l->pending += mx_start_addrs(l);
 	mx_addr_done(l);
 }
 
@@ -257,6 +264,28 @@ mx_lookup(struct resolver *r, const char *domain,
 	snprintf(l->domain, sizeof(l->domain), "%s", domain);
 	l->mxq = resolver_query(r, domain, DNS_T_MX, mx_cb, l);
 	if (l->mxq == NULL) {
+		free(l);
+		return NULL;
+	}
+	return l;
+}
+
+/* A configured host (a next hop given by name): its addresses, no MX lookup. */
+struct mx_lookup *
+mx_lookup_host(struct resolver *r, const char *host,
+    void (*cb)(void *arg, const struct mx_route *route), void *arg)
+{
+	struct mx_lookup *l = calloc(1, sizeof(*l));
+
+	if (l == NULL)
+		return NULL;
+	l->r = r;
+	l->cb = cb;
+	l->arg = arg;
+	snprintf(l->domain, sizeof(l->domain), "%s", host);
+	mx_add_host(&l->route, host, 0, 1);
+	l->pending = mx_start_addrs(l);
+	if (l->pending == 0) {
 		free(l);
 		return NULL;
 	}

@@ -51,6 +51,9 @@ struct mx_lookup;
 
 struct mx_lookup *mx_lookup(struct resolver *r, const char *domain,
     void (*cb)(void *arg, const struct mx_route *route), void *arg);
+/* mx_lookup_host - only the addresses of host (a next hop given by name). */
+struct mx_lookup *mx_lookup_host(struct resolver *r, const char *host,
+    void (*cb)(void *arg, const struct mx_route *route), void *arg);
 void mx_cancel(struct mx_lookup **lp);
 const char *mx_status_name(enum mx_status st);
 

@@ -321,9 +321,19 @@ relay_needs_dns(const struct relay_config *cfg)
 {
 	const struct listener_config *lc;
 
-	for (lc = cfg->listeners; lc != NULL; lc = lc->next)
+	struct sockaddr_storage ss;
+	socklen_t len;
+	char spec[300];
+
+	for (lc = cfg->listeners; lc != NULL; lc = lc->next) {
 		if (lc->mode == MODE_SMARTHOST)
 			return 1;
+		/* A next hop given by name is resolved through libunbound too. */
+		snprintf(spec, sizeof(spec), strchr(lc->next_hop_host, ':') ? "[%s]:%d" : "%s:%d",
+		    lc->next_hop_host, lc->next_hop_port);
+		if (addr_parse(spec, &ss, &len) < 0)
+			return 1;
+	}
 	return 0;
 }
 

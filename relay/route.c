@@ -141,29 +141,69 @@ route_targets_alloc(struct session *s, size_t n)
 	return s->targets;
 }
 
-/* Gateway route: the configured next hop (an address literal). */
-static int
-route_nexthop(struct session *s)
+/* One gateway target: the next hop at address sa (port from next_hop). */
+static void
+route_nexthop_target(struct session *s, struct upstream_target *t,
+    const struct sockaddr_storage *ss, socklen_t len, const char *ip)
 {
-	struct upstream_target *t = route_targets_alloc(s, 1);
-	char spec[300];
 	const struct listener_config *lc = s->lc;
+	struct sockaddr_in *sin = (struct sockaddr_in *)&t->addr;  /* port: same offset in v6 */
 
-	if (t == NULL)
-		return -1;
+	memset(t, 0, sizeof(*t));
 	snprintf(t->host, sizeof(t->host), "%s", lc->next_hop_host);
-	snprintf(spec, sizeof(spec), strchr(lc->next_hop_host, ':') ? "[%s]:%d" : "%s:%d",
-	    lc->next_hop_host, lc->next_hop_port);
-	if (addr_parse(spec, &t->addr, &t->addrlen) < 0)
-		return -1;
-	snprintf(t->ip, sizeof(t->ip), "%s", lc->next_hop_host);
+	memcpy(&t->addr, ss, len);
+	t->addrlen = len;
+	sin->sin_port = htons((uint16_t)lc->next_hop_port);
+	snprintf(t->ip, sizeof(t->ip), "%s", ip);
 	t->level = lc->next_hop_tls;
 	snprintf(t->verify_names[0], sizeof(t->verify_names[0]), "%s",
 	    lc->next_hop_tls_name ? lc->next_hop_tls_name : lc->next_hop_host);
 	t->nverify = 1;
-	s->ntargets = 1;
+}
+
+/* The next hop given by name: its addresses, in order (IPv4 first). */
+static void
+route_nexthop_cb(void *arg, const struct mx_route *r)
+{
+	struct session *s = arg;
+	const struct mx_host *h = &r->hosts[0];
+	size_t i;
+
+	s->mx = NULL;
+	if (r->status != MX_OK || route_targets_alloc(s, h->naddr) == NULL) {
+		inline_answer(s, 451, "4.4.3", r->status != MX_OK ? r->detail :
+		    "Error: out of memory");
+		return;
+	}
+	for (i = 0; i < h->naddr; i++)
+		route_nexthop_target(s, &s->targets[s->ntargets++], &h->addrs[i].ss,
+		    h->addrs[i].sslen, h->addrs[i].text);
+	if (inline_connect_target(s) < 0)
+		inline_answer(s, 451, "4.3.0", "Error: cannot connect to next hop");
+}
+
+/* Gateway route: the configured next hop, an address or a name to resolve. */
+static int
+route_nexthop(struct session *s)
+{
+	const struct listener_config *lc = s->lc;
+	struct sockaddr_storage ss;
+	socklen_t len;
+	char spec[300];
+
 	s->level_source = "next_hop_tls";
-	return 0;
+	snprintf(spec, sizeof(spec), strchr(lc->next_hop_host, ':') ? "[%s]:%d" : "%s:%d",
+	    lc->next_hop_host, lc->next_hop_port);
+	if (addr_parse(spec, &ss, &len) == 0) {
+		if (route_targets_alloc(s, 1) == NULL)
+			return -1;
+		route_nexthop_target(s, &s->targets[s->ntargets++], &ss, len, lc->next_hop_host);
+		return inline_connect_target(s);
+	}
+	if (s->listener->resolver != NULL)
+		s->mx = mx_lookup_host(s->listener->resolver, lc->next_hop_host,
+		    route_nexthop_cb, s);
+	return s->mx != NULL ? 0 : -1;
 }
 
 /* The [domain:NAME] level for domain, or TLS_LEVEL_INVALID. */
@@ -545,7 +585,7 @@ void
 route_start(struct session *s)
 {
 	if (s->lc->mode == MODE_GATEWAY) {
-		if (route_nexthop(s) < 0 || inline_connect_target(s) < 0)
+		if (route_nexthop(s) < 0)
 			inline_answer(s, 451, "4.3.0", "Error: cannot connect to next hop");
 		return;
 	}
