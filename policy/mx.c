@@ -250,8 +250,8 @@ mx_cb(void *arg, const struct dns_answer *a)
 		mx_query_addrs(l);
 }
 
-struct mx_lookup *
-mx_lookup(struct resolver *r, const char *domain,
+static struct mx_lookup *
+mx_new(struct resolver *r, const char *name,
     void (*cb)(void *arg, const struct mx_route *route), void *arg)
 {
 	struct mx_lookup *l = calloc(1, sizeof(*l));
@@ -261,7 +261,18 @@ mx_lookup(struct resolver *r, const char *domain,
 	l->r = r;
 	l->cb = cb;
 	l->arg = arg;
-	snprintf(l->domain, sizeof(l->domain), "%s", domain);
+	snprintf(l->domain, sizeof(l->domain), "%s", name);
+	return l;
+}
+
+struct mx_lookup *
+mx_lookup(struct resolver *r, const char *domain,
+    void (*cb)(void *arg, const struct mx_route *route), void *arg)
+{
+	struct mx_lookup *l = mx_new(r, domain, cb, arg);
+
+	if (l == NULL)
+		return NULL;
 	l->mxq = resolver_query(r, domain, DNS_T_MX, mx_cb, l);
 	if (l->mxq == NULL) {
 		free(l);
@@ -275,14 +286,10 @@ struct mx_lookup *
 mx_lookup_host(struct resolver *r, const char *host,
     void (*cb)(void *arg, const struct mx_route *route), void *arg)
 {
-	struct mx_lookup *l = calloc(1, sizeof(*l));
+	struct mx_lookup *l = mx_new(r, host, cb, arg);
 
 	if (l == NULL)
 		return NULL;
-	l->r = r;
-	l->cb = cb;
-	l->arg = arg;
-	snprintf(l->domain, sizeof(l->domain), "%s", host);
 	mx_add_host(&l->route, host, 0, 1);
 	l->pending = mx_start_addrs(l);
 	if (l->pending == 0) {
