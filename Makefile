@@ -107,7 +107,8 @@ fuzz: deps-test
 	@for f in $(FUZZERS); do n=$$(basename $$f); mkdir -p build/fuzz/corpus-$$n; \
 		echo "== $$n ($(FUZZ_SECONDS)s)"; \
 		$$f -max_total_time=$(FUZZ_SECONDS) build/fuzz/corpus-$$n tests/fuzz/corpus/$$n \
-			2>&1 | tail -3 || exit 1; done
+			> build/fuzz/$$n.log 2>&1; rc=$$?; tail -3 build/fuzz/$$n.log; \
+		[ $$rc -eq 0 ] || { echo "$$n: FAILED (build/fuzz/$$n.log)"; exit 1; }; done
 
 install: tlsrelay
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/share/doc/tlsrelay \
@@ -199,13 +200,13 @@ build/valgrind/tlsrelay-memcheck: build/valgrind/tlsrelay Makefile
 valgrind: deps-test
 	@command -v valgrind >/dev/null || { echo "valgrind: not installed" >&2; exit 1; }
 	$(MAKE) build/valgrind/tlsrelay-memcheck
-	TLSRELAY_BIN=$(CURDIR)/build/valgrind/tlsrelay-memcheck TLSRELAY_VALGRIND=1 \
+	TLSRELAY_BIN=$(CURDIR)/build/valgrind/tlsrelay-memcheck \
 		/usr/bin/python3 -m pytest -q $(VG_TESTS)
 
 test-long: deps-test
 	$(MAKE) build/asan/tlsrelay
 	TLSRELAY_BIN=$(CURDIR)/build/asan/tlsrelay TLSRELAY_FAULT_MESSAGES=10000 \
-		/usr/bin/python3 -m pytest -q \
+		/usr/bin/python3 -m pytest -q -s \
 		tests/integration/test_faults.py tests/integration/test_floods.py
 
 # Like `make fuzz` with FUZZ_SECONDS=30, but a crash fails the target (the

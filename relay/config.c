@@ -359,38 +359,59 @@ static const char *const cfg_bool_names[] = { "no", "yes" };
 static const char *const cfg_bool_alt_names[] = { "false", "true" };
 static const char *const cfg_stsfail_names[] = { "defer", "deliver" };
 
+/* One list item at index i; -1 (after a file:line error) when it is bad. */
+static int
+cfg_list_item(struct cfg_parse *p, struct listener_config *l, enum cfg_type type,
+    size_t i, const char *item)
+{
+	if (type == CFG_LISTEN) {
+		if (i >= CONFIG_MAX_ADDRS || addr_parse(item, &l->addrs[i], &l->addrlens[i]) < 0) {
+			cfg_error(p, "bad listen address \"%s\" (want 127.0.0.1:2525 or [::1]:2525, "
+			    "at most %d)", item, CONFIG_MAX_ADDRS);
+			return -1;
+		}
+		l->naddrs = i + 1;
+	} else if (type == CFG_CIDRS) {
+		if (cidr_parse(item, &l->networks[i]) < 0) {
+			cfg_error(p, "bad network \"%s\" (want 10.0.0.0/8 or ::1/128)", item);
+			return -1;
+		}
+		l->nnetworks = i + 1;
+	} else {
+		l->domains[i] = cfg_domain_dup(item);
+		l->ndomains = i + 1;
+	}
+	return 0;
+}
+
+/*
+ * A list value.  The first occurrence in a section replaces the default;
+ * a repeated key or an indented continuation line (inih passes it with the
+ * same key) adds to it, so long lists can span lines.
+ */
 static int
 cfg_set_list(struct cfg_parse *p, struct listener_config *l, enum cfg_type type,
     const char *value)
 {
 	char *copy = xstrdup(value), *items[CONFIG_MAX_LIST];
-	int i, n = cfg_split(copy, items, CONFIG_MAX_LIST), rc = 0;
+	int n = cfg_split(copy, items, CONFIG_MAX_LIST), rc = 0, bit = 1 << (type - CFG_LISTEN);
+	size_t *count = type == CFG_LISTEN ? &l->naddrs : type == CFG_CIDRS ? &l->nnetworks :
+	    &l->ndomains;
+	int i;
 
-	if (n < 0) {
+	if (!(l->lists_set & bit)) {
+		l->lists_set |= bit;
+		while (type == CFG_DOMAINS && l->ndomains > 0)
+			free(l->domains[--l->ndomains]);
+		*count = 0;
+	}
+	if (n < 0 || *count + (size_t)n > CONFIG_MAX_LIST) {
 		cfg_error(p, "too many items (at most %d)", CONFIG_MAX_LIST);
 		n = 0;
 		rc = -1;
 	}
-	for (i = 0; i < n && rc == 0; i++) {
-		if (type == CFG_LISTEN) {
-			if (i >= CONFIG_MAX_ADDRS ||
-			    addr_parse(items[i], &l->addrs[i], &l->addrlens[i]) < 0) {
-				cfg_error(p, "bad listen address \"%s\" (want 127.0.0.1:2525 or [::1]:2525)",
-				    items[i]);
-				rc = -1;
-			}
-			l->naddrs = (size_t)i + 1;
-		} else if (type == CFG_CIDRS) {
-			if (cidr_parse(items[i], &l->networks[i]) < 0) {
-				cfg_error(p, "bad network \"%s\" (want 10.0.0.0/8 or ::1/128)", items[i]);
-				rc = -1;
-			}
-			l->nnetworks = (size_t)i + 1;
-		} else {
-			l->domains[i] = cfg_domain_dup(items[i]);
-			l->ndomains = (size_t)i + 1;
-		}
-	}
+	for (i = 0; i < n && rc == 0; i++)
+		rc = cfg_list_item(p, l, type, *count, items[i]);
 	free(copy);
 	return rc;
 }

@@ -57,6 +57,7 @@ struct listener_config {
 	int tls_ask_client_cert;    /* request (never require) a client certificate */
 	char *tls_client_ca;        /* trust anchors for client certificates */
 	int line;                   /* where the section starts, for errors */
+	int lists_set;              /* config.c: list keys seen (later ones append) */
 	struct listener_config *next;
 };
 

@@ -585,11 +585,11 @@ relay_run(struct relay_config *cfg, int foreground)
 	relay_raise_nofile();
 	relay_whitelist(&r);
 	relay_bind(&r);
-	relay_drop_privileges(cfg);
 	if (!foreground && daemon(1, 0) < 0)
 		die("cannot daemonize: %s", strerror(errno));
-	relay_pidfile(cfg);
+	relay_pidfile(cfg);             /* as root: /run is root's */
 	r.pidfile_owner = 1;
+	relay_drop_privileges(cfg);
 	if (r.nworkers == 1)
 		return relay_worker(&r, 0);
 	rc = workers_supervise(r.nworkers, relay_worker_main, &r, &r.pidfile_owner);

@@ -144,12 +144,38 @@ test_config_values(void **state)
 	config_free(&cfg);
 }
 
+/* A repeated list key or an indented continuation adds to the list. */
+static void
+test_config_list_continuation(void **state)
+{
+	char ini[] = "/tmp/test_config_XXXXXX";
+	const char *text = "[listener:in]\nmode = gateway\nlisten = 127.0.0.1:2525\n"
+	    "next_hop = 127.0.0.1:2526\nlocal_domains = a.org, c.org\n  b.org\n"
+	    "local_domains = d.org\nrelay_networks = 10.0.0.0/8\n";
+	int fd = mkstemp(ini);
+	struct relay_config *cfg;
+
+	(void)state;
+	assert_int_equal(write(fd, text, strlen(text)), (int)strlen(text));
+	close(fd);
+	cfg = config_load(ini);
+	unlink(ini);
+	assert_non_null(cfg);
+	assert_int_equal(cfg->listeners->ndomains, 4);
+	assert_string_equal(cfg->listeners->domains[2], "b.org");
+	assert_string_equal(cfg->listeners->domains[3], "d.org");
+	/* relay_networks given: the default (loopback) is replaced, not extended. */
+	assert_int_equal(cfg->listeners->nnetworks, 1);
+	config_free(&cfg);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_config_table),
 		cmocka_unit_test(test_config_values),
+		cmocka_unit_test(test_config_list_continuation),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
