@@ -15,7 +15,8 @@ BUILD_PKGS="make gcc pkg-config openssl ca-certificates libevent-dev libssl-dev
 libunbound-dev libinih-dev libldns-dev dns-root-data libjansson-dev zlib1g-dev"
 TEST_PKGS="clang libclang-rt-14-dev libcmocka-dev python3 python3-pytest
 python3-aiosmtpd python3-dnspython python3-jsonschema swaks libio-socket-ssl-perl
-libnet-ssleay-perl postfix nsd ldnsutils bind9-dnsutils nginx-light haproxy faketime"
+libnet-ssleay-perl postfix nsd ldnsutils bind9-dnsutils nginx-light haproxy faketime
+testssl.sh"
 
 want=$BUILD_PKGS
 [ "${1:-build}" = test ] && want="$BUILD_PKGS $TEST_PKGS"
