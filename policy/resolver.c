@@ -37,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
 #include <unistd.h>
 #include <unbound.h>
 #include <unbound-event.h>
@@ -64,6 +65,7 @@ struct dns_query {
 	unsigned in_unbound : 1;        /* libunbound's callback has not fired */
 	unsigned detached : 1;          /* the user callback must never run (again) */
 	unsigned ready : 1;             /* ans holds a result to deliver */
+	struct timeval t0;              /* when it was asked (latency statistics) */
 	struct dns_answer ans;
 	struct dns_rr *rr;              /* ans.rr storage, DNS_MAX_RECORDS at most */
 	void *blob[DNS_MAX_RECORDS];    /* per-record TXT/TLSA storage */
@@ -661,6 +663,30 @@ answer_build(struct dns_query *q, int rcode, const void *packet, int len,
 	ldns_pkt_free(pkt);
 }
 
+/* Latency of the answered queries of this process (metrics). */
+static struct {
+	unsigned long long count;
+	double seconds;
+} resolver_latency_stats;
+
+static void
+resolver_account(const struct timeval *t0)
+{
+	struct timeval now;
+
+	gettimeofday(&now, NULL);
+	resolver_latency_stats.count++;
+	resolver_latency_stats.seconds += (double)(now.tv_sec - t0->tv_sec) +
+	    (double)(now.tv_usec - t0->tv_usec) / 1e6;
+}
+
+void
+resolver_latency(unsigned long long *count, double *seconds)
+{
+	*count = resolver_latency_stats.count;
+	*seconds = resolver_latency_stats.seconds;
+}
+
 /* ---- libunbound and libevent callbacks -------------------------------- */
 
 /* libunbound's answer.  It can run inside ub_resolve_event() (a cache or
@@ -699,6 +725,7 @@ query_timer_cb(evutil_socket_t fd, short what, void *arg)
 		    q->r->timeout_ms);
 		answer_fail(q, LDNS_RCODE_SERVFAIL, why);
 	}
+	resolver_account(&q->t0);
 	query_deliver(q);
 }
 
@@ -725,6 +752,7 @@ resolver_query(struct resolver *r, const char *name, int rrtype, dns_cb cb,
 	q->cb = cb;
 	q->arg = arg;
 	q->qtype = rrtype;
+	gettimeofday(&q->t0, NULL);
 	memcpy(q->qname, name, strlen(name) + 1);
 	query_link(r, q);
 	q->in_unbound = 1;

@@ -131,6 +131,10 @@ struct dns_query *resolver_query(struct resolver *r, const char *name,
 /* The callback will never run; NULLs *qp. Safe on NULL. */
 void resolver_cancel(struct dns_query **qp);
 
+/* resolver_latency - queries answered by this process and their total time
+ * from resolver_query() to the answer (timeouts included), for metrics. */
+void resolver_latency(unsigned long long *count, double *seconds);
+
 const char *dns_sec_name(enum dns_sec sec);
 const char *dns_status_name(int status);
 

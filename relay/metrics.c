@@ -26,6 +26,7 @@
 #include "relay/config.h"
 #include "relay/evlog.h"
 #include "relay/log.h"
+#include "policy/resolver.h"
 #include "relay/metrics.h"
 
 #define METRICS_PATH "/metrics"
@@ -146,7 +147,8 @@ metrics_render(const struct metrics_counters *c, struct evbuffer *out)
 {
 	static const char *const outputs[] = { "file", "syslog" };
 	unsigned long file, sys;
-	unsigned long long drops[2];
+	unsigned long long drops[2], dns_count;
+	double dns_seconds;
 
 	metrics_head(out, "tlsrelay_sessions_total", "counter",
 	    "Client sessions accepted (connect events).");
@@ -171,6 +173,11 @@ metrics_render(const struct metrics_counters *c, struct evbuffer *out)
 	    "MTA-STS policy lookups answered from the cache (hit) or by a fetch (miss).");
 	metrics_labelled(out, "tlsrelay_policy_cache_total", "result", metrics_cache_names,
 	    c->cache, METRICS_NCACHE);
+	resolver_latency(&dns_count, &dns_seconds);
+	metrics_head(out, "tlsrelay_dns_query_seconds", "summary",
+	    "Time from asking the resolver to its answer (MX, A/AAAA, TLSA, TXT).");
+	evbuffer_add_printf(out, "tlsrelay_dns_query_seconds_sum %.6f\n", dns_seconds);
+	evbuffer_add_printf(out, "tlsrelay_dns_query_seconds_count %llu\n", dns_count);
 	evlog_drops(&file, &sys);
 	drops[0] = file;
 	drops[1] = sys;
