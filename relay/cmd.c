@@ -375,6 +375,7 @@ cmd_rset(struct session *s, const char *args)
 		session_reply(s, 250, "2.0.0", "Ok");
 		return;
 	}
+	inline_txn_end(s);
 	txn_free(&s->txn);
 	session_enter(s, S_HELO);
 	if (inline_rset(s))

@@ -93,7 +93,10 @@ inline_send_mail(struct session *s)
 		n += snprintf(t->mail_line + n, sizeof(t->mail_line) - (size_t)n, " BODY=8BITMIME");
 	if (t->params.smtputf8)
 		snprintf(t->mail_line + n, sizeof(t->mail_line) - (size_t)n, " SMTPUTF8");
-	return upstream_command(s->up, t->mail_line);
+	if (upstream_command(s->up, t->mail_line) < 0)
+		return -1;
+	s->up_txn_pending = 1;
+	return 0;
 }
 
 static int
@@ -197,16 +200,38 @@ inline_rset(struct session *s)
 void
 inline_release(struct session *s)
 {
+	inline_txn_end(s);
 	route_cancel(s);
 	if (s->up != NULL && upstream_ready(s->up) && !s->up_in_txn && s->op == OP_NONE)
 		conncache_put(&s->up, s->base);
 	inline_abort(s);
 }
 
+/*
+ * A transaction that used the next hop ends without a final reply (all
+ * recipients refused, RSET, the client gone): its session still counts for
+ * TLS-RPT, so it gets its delivery event too.
+ */
+void
+inline_txn_end(struct session *s)
+{
+	int code;
+
+	if (s->up == NULL || !s->up_txn_pending || s->txn == NULL) {
+		s->up_txn_pending = 0;
+		return;
+	}
+	code = s->txn->last_rcpt_code ? s->txn->last_rcpt_code : 451;
+	route_delivery_event(s, upstream_target(s->up), s->up, s->txn->naccepted == 0 &&
+	    code / 100 == 5 ? "rejected" : "deferred", NULL, code, s->txn->naccepted ?
+	    "transaction abandoned before the end of DATA" : "no recipient accepted");
+}
+
 /* Close the next-hop connection now (before any final dot). */
 void
 inline_abort(struct session *s)
 {
+	inline_txn_end(s);
 	route_cancel(s);
 	upstream_free(&s->up);
 	s->up_in_txn = 0;
@@ -230,6 +255,7 @@ inline_on_rcpt_reply(struct session *s, const struct smtp_reply *r)
 			snprintf(s->txn->first_rcpt, sizeof(s->txn->first_rcpt), "%s",
 			    s->txn->rcpt.addr);
 	}
+	s->txn->last_rcpt_code = r->code;
 	inline_rcpt_event(s, r);
 	s->op = OP_NONE;
 	session_relay_reply(s, r);

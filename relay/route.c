@@ -101,6 +101,9 @@ route_delivery_event(struct session *s, const struct upstream_target *t,
 	const char *v = up ? upstream_tls_version(up) : NULL;
 	struct evline *e = evlog_begin("delivery", s->id);
 
+	if (up != NULL && up == s->up)
+		s->up_txn_pending = 0;
+
 	result_type = route_result_type(s, t, up, result_type);
 	route_event_policy(e, s, t);
 	evlog_str(e, "policy_domain", s->txn && s->txn->domain[0] ? s->txn->domain : s->up_domain);

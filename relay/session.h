@@ -67,6 +67,7 @@ struct txn {
 	char domain[SMTP_DOMAIN_MAX + 1];     /* destination domain of the transaction */
 	int nrcpt;                            /* RCPT commands seen */
 	int naccepted;                        /* RCPTs the next hop accepted */
+	int last_rcpt_code;                   /* the next hop's last RCPT (or MAIL) reply */
 	struct datascan ds;
 	int in_headers;                       /* still in the header section */
 	int dropping;                         /* inside a header field being removed */
@@ -104,6 +105,7 @@ struct session {
 	struct txn *txn;
 	struct upstream *up;
 	int up_in_txn;              /* the next hop has an open transaction */
+	int up_txn_pending;         /* ... and no delivery event was written for it yet */
 	int up_was_ready;           /* its setup finished (failures after are not setup failures) */
 	char up_domain[SMTP_DOMAIN_MAX + 1];  /* destination the upstream serves */
 	struct mx_lookup *mx;                 /* MX routing in progress (smarthost) */
@@ -160,5 +162,6 @@ int inline_rset(struct session *s);
 int inline_data_input(struct session *s);
 void inline_abort(struct session *s);
 void inline_release(struct session *s);
+void inline_txn_end(struct session *s);
 
 #endif
