@@ -4,9 +4,11 @@
  * answers (DESIGN.md guarantee "Nothing lost": 250 to DATA only after the
  * next hop's 250).
  *
- * The connection is opened at the first RCPT and reused for the session's
- * later transactions.  MAIL is answered locally and sent to the next hop
- * before the first RCPT.  The message streams through with back-pressure
+ * The connection is opened at the first RCPT (where to, and under which TLS
+ * policy, is relay/route.c's business), reused for the session's later
+ * transactions and, when the session ends between transactions, kept in the
+ * connection cache (relay/conncache.c) for the next one.  MAIL is answered
+ * locally and sent to the next hop before the first RCPT.  The message streams through with back-pressure
  * (never whole in memory); when it must be refused midway, the next-hop
  * connection is closed before the final dot, so no partial message can be
  * delivered.
@@ -20,7 +22,6 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 
-#include "policy/whitelist.h"
 #include "relay/evlog.h"
 #include "relay/listener.h"
 #include "relay/conncache.h"
