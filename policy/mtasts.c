@@ -16,7 +16,7 @@
  * evhttp (freeing an evhttp_connection from its own callbacks is a
  * use-after-free).  evhttp connects to an IP literal through an evdns_base
  * without nameservers, which parses the literal and never reaches
- * getaddrinfo(3) or the system resolver.
+ * the libc resolver (getaddrinfo, section 3) or the system resolver.
  *
  * File I/O (the cache) is the only synchronous I/O: one small file written
  * and fsync'd per successful fetch, all files read once in mtasts_new().

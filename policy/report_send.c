@@ -18,7 +18,7 @@
  * the relay's own smarthost listener); TLS verification for https: is
  * OpenSSL's (SSL_VERIFY_PEER + SSL_set1_host); DNS is policy/resolver.c's
  * (evhttp gets IP literals through an evdns_base without nameservers, so
- * getaddrinfo(3) is never called).
+ * the libc resolver, getaddrinfo, is never called).
  */
 #include "policy/report_send.h"
 
