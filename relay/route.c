@@ -448,8 +448,8 @@ route_static_level(const struct relay_config *cfg, const struct whitelist *wl,
 	    whitelist_match(wl, domain), source);
 	if (cfg->dane && strcmp(*source, "default") == 0 && level < TLS_DANE)
 		level = TLS_DANE;
-	*want_dane = level == TLS_DANE || level == TLS_DANE_ONLY ||
-	    (cfg->dane && level != TLS_NONE);
+	/* DESIGN.md: a [domain:] level never weakens DANE, even "none". */
+	*want_dane = level == TLS_DANE || level == TLS_DANE_ONLY || cfg->dane;
 	return level;
 }
 

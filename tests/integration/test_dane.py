@@ -711,3 +711,16 @@ def test_event_log_schema(danenet, drelay):
     """Every line this module produced matches docs/events.schema.json (runs last)."""
     from eventcheck import check_event_lines
     check_event_lines(drelay.raw_log().splitlines(), str(drelay.log))
+
+
+def test_domain_level_none_does_not_weaken_dane(danenet, relay_bin, tmp_path):
+    """DESIGN.md: a [domain:] level wins over the default but never weakens DANE,
+    not even "none": published TLSA still authenticate the MX."""
+    cfg = danenet.relay_config(default_level="may", domains={"ee.secure.test": "none"},
+                               outbound={"dane": "yes"})
+    r = Relay(relay_bin, tmp_path / "nonerelay", cfg).start()
+    try:
+        dane_ok(r, danenet, "ee.secure.test", "ee", "3 1 1", 0,
+                ["3 1 1 " + danenet.tlsa["ee"]["spki"]], tag="none")
+    finally:
+        r.stop()
