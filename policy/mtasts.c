@@ -1019,23 +1019,6 @@ mtasts_http_start(struct mtasts_job *j)
 	}
 }
 
-/* Addresses of mta-sts.<domain>: IPv4 first (no racing; see mtasts.h). */
-static void
-mtasts_addr_order(struct mtasts_job *j)
-{
-	char tmp[INET6_ADDRSTRLEN];
-	int i, k, v4 = 0;
-
-	for (i = 0; i < j->naddr; i++) {
-		if (strchr(j->addr[i], ':') != NULL)
-			continue;
-		memcpy(tmp, j->addr[i], sizeof(tmp));
-		for (k = i; k > v4; k--)
-			memcpy(j->addr[k], j->addr[k - 1], sizeof(tmp));
-		memcpy(j->addr[v4++], tmp, sizeof(tmp));
-	}
-}
-
 static void
 mtasts_addr_cb(void *arg, const struct dns_answer *a)
 {
@@ -1061,7 +1044,7 @@ mtasts_addr_cb(void *arg, const struct dns_answer *a)
 		mtasts_http_end(j);
 		return;
 	}
-	mtasts_addr_order(j);
+	dns_addrs_v4_first(j->addr, (size_t)j->naddr);   /* no racing; see mtasts.h */
 	mtasts_http_start(j);
 }
 

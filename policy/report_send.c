@@ -1063,23 +1063,6 @@ rs_https_next(struct rs_attempt *a)
 		rs_finish(a, 0, "%s: cannot start the HTTPS request", rs_peer(a));
 }
 
-/* IPv4 addresses first, otherwise in answer order (no racing). */
-static void
-rs_https_order(struct rs_attempt *a)
-{
-	char tmp[INET6_ADDRSTRLEN];
-	int i, k, v4 = 0;
-
-	for (i = 0; i < a->naddr; i++) {
-		if (strchr(a->addr[i], ':') != NULL)
-			continue;
-		memcpy(tmp, a->addr[i], sizeof(tmp));
-		for (k = i; k > v4; k--)
-			memcpy(a->addr[k], a->addr[k - 1], sizeof(tmp));
-		memcpy(a->addr[v4++], tmp, sizeof(tmp));
-	}
-}
-
 /* A/AAAA of the host through the resolver; connect once both answered. */
 static void
 rs_https_addr_cb(void *arg, const struct dns_answer *ans)
@@ -1100,7 +1083,7 @@ rs_https_addr_cb(void *arg, const struct dns_answer *ans)
 		rs_finish(a, 0, "%s: no address (%s)", a->rua->host, dns_status_name(ans->status));
 		return;
 	}
-	rs_https_order(a);
+	dns_addrs_v4_first(a->addr, (size_t)a->naddr);   /* no racing */
 	rs_https_next(a);
 }
 

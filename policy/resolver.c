@@ -681,6 +681,22 @@ resolver_account(const struct timeval *t0)
 }
 
 void
+dns_addrs_v4_first(char (*addr)[INET6_ADDRSTRLEN], size_t n)
+{
+	char tmp[INET6_ADDRSTRLEN];
+	size_t i, k, v4 = 0;
+
+	for (i = 0; i < n; i++) {
+		if (strchr(addr[i], ':') != NULL)
+			continue;
+		memcpy(tmp, addr[i], sizeof(tmp));
+		for (k = i; k > v4; k--)
+			memcpy(addr[k], addr[k - 1], sizeof(tmp));
+		memcpy(addr[v4++], tmp, sizeof(tmp));
+	}
+}
+
+void
 resolver_latency(unsigned long long *count, double *seconds)
 {
 	*count = resolver_latency_stats.count;

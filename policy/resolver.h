@@ -135,6 +135,9 @@ void resolver_cancel(struct dns_query **qp);
  * from resolver_query() to the answer (timeouts included), for metrics. */
 void resolver_latency(unsigned long long *count, double *seconds);
 
+/* dns_addrs_v4_first - reorder text addresses: IPv4 first, else as answered. */
+void dns_addrs_v4_first(char (*addr)[INET6_ADDRSTRLEN], size_t n);
+
 const char *dns_sec_name(enum dns_sec sec);
 const char *dns_status_name(int status);
 
